@@ -1,0 +1,52 @@
+"""Errors eeonnx raises on purpose.
+
+Every EEError is a user-facing, one-line explanation of what is wrong and what
+to do; the CLI prints it without a traceback and exits with ``exit_code``.
+"""
+from __future__ import annotations
+
+
+class EEError(Exception):
+    """Base of all deliberate eeonnx errors (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(EEError):
+    """The model file cannot be read or is not a valid ONNX model."""
+
+
+class UnsupportedOpError(EEError):
+    """A node whose op has no rule in the registry."""
+
+    def __init__(self, node_name: str, op_type: str, domain: str, reason: str):
+        self.node_name, self.op_type, self.domain, self.reason = node_name, op_type, domain, reason
+        super().__init__(
+            f"node '{node_name}': op {domain or 'ai.onnx'}::{op_type} is not supported: {reason}"
+        )
+
+
+class StrictPinError(EEError):
+    """--strict was given and the analysis had to pin an axis to the identity."""
+
+
+class ClearBoundaryError(EEError):
+    """An input or output would travel to/from the server with no secret axis."""
+
+
+class KeyFileError(EEError):
+    """A --key file is missing, malformed, or of the wrong version."""
+
+
+class OutputExistsError(EEError):
+    """The output directory exists and is not empty, and --force was not given."""
+
+
+class ShapeError(EEError):
+    """A shape the analysis needs could not be resolved."""
+
+
+class VerifyError(EEError):
+    """Decoded outputs differ from the original's (CLI exit code 1)."""
+
+    exit_code = 1

@@ -1,0 +1,152 @@
+"""boundary: build the client graphs that cross the wire.
+
+encode.onnx takes the original inputs and gathers each secret axis by its
+index array (encrypted = plain.take(p)); decode.onnx takes the server outputs
+and gathers with the inverse (plain = encrypted.take(argsort(p))).
+
+Invariants:
+- encode inputs are the original inputs (names, dtypes, shapes), its outputs
+  in order are the server inputs in order; decode inputs in order are the
+  server outputs, its outputs are the original outputs.
+- a content tensor (any output; a floating-point input) with no secret axis
+  is refused with ClearBoundaryError unless named in ``allow_clear``; integer
+  and boolean inputs without a secret axis (masks, positions, lengths) are
+  public structure and pass unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import helper, numpy_helper
+
+from eeonnx.errors import ClearBoundaryError
+from eeonnx.passes.fold import axis_perms
+
+CLIENT_OPSET = 13
+CLIENT_IR_VERSION = 7
+SUFFIX = "__ee"
+
+
+@dataclass
+class Crossing:
+    """One tensor crossing the wire."""
+
+    name: str  # original name (input/output of the original model)
+    wire_name: str  # name on the server side
+    index: list[np.ndarray | None]  # per-axis index array (None = identity)
+    dtype: str
+    shape: list
+    clear: bool = False
+    reason: str = ""
+    layout: list[str] = field(default_factory=list)
+
+    @property
+    def secret_axes(self) -> list[int]:
+        return [a for a, p in enumerate(self.index) if p is not None]
+
+
+def _dtype_name(v: ir.Value) -> str:
+    return v.dtype.name.lower() if v.dtype is not None else "unknown"
+
+
+def _shape(v: ir.Value) -> list:
+    if v.shape is None:
+        return []
+    return [d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in v.shape]
+
+
+def crossings(comp, values: list[ir.Value], is_input: bool) -> list[Crossing]:
+    an, perms = comp.analysis, comp.perms
+    out = []
+    for v in values:
+        terms = an.known(v)
+        index = axis_perms(terms, perms) if terms is not None else []
+        c = Crossing(v.name, v.name, index, _dtype_name(v), _shape(v))
+        c.layout = [comp.show(t) for t in terms] if terms is not None else []
+        if not c.secret_axes:
+            c.clear = True
+            is_float = v.dtype is not None and v.dtype.is_floating_point()
+            if is_input and not is_float:
+                c.reason = "integer/boolean input that indexes no secret axis: public structure"
+            elif v.name in comp.allow_clear:
+                c.reason = "allowed in the clear (--allow-clear)"
+            else:
+                kind = "input" if is_input else "output"
+                why = "its shape is unknown" if terms is None else "no secret axis reaches it"
+                raise ClearBoundaryError(
+                    f"{kind} '{v.name}' {_shape(v)} would travel in the clear: {why}. "
+                    f"Pass --allow-clear {v.name} to accept that"
+                )
+        out.append(c)
+    return out
+
+
+def _gather_chain(name_in: str, name_out: str, index: list[np.ndarray | None], inverse: bool, tag: str):
+    nodes, inits = [], []
+    cur = name_in
+    steps = [(a, p) for a, p in enumerate(index) if p is not None]
+    if not steps:
+        return [helper.make_node("Identity", [cur], [name_out], name=f"{tag}_identity")], []
+    for k, (axis, p) in enumerate(steps):
+        idx = np.argsort(p).astype(np.int64) if inverse else p.astype(np.int64)
+        iname = f"{tag}_perm_axis{axis}"
+        inits.append(numpy_helper.from_array(idx, iname))
+        nxt = name_out if k == len(steps) - 1 else f"{tag}_axis{axis}"
+        nodes.append(helper.make_node("Gather", [cur, iname], [nxt], axis=axis, name=f"{tag}_gather{axis}"))
+        cur = nxt
+    return nodes, inits
+
+
+def _value_info(name: str, proto_vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    vi = onnx.ValueInfoProto()
+    vi.CopyFrom(proto_vi)
+    vi.name = name
+    return vi
+
+
+def build_client_graph(kind: str, items: list[Crossing], infos: dict[str, onnx.ValueInfoProto]) -> onnx.ModelProto:
+    nodes, inits, inputs, outputs = [], [], [], []
+    for i, c in enumerate(items):
+        vi = infos[c.name]
+        wire = c.wire_name + SUFFIX
+        if kind == "encode":
+            src, dst = c.name, wire
+            inputs.append(_value_info(c.name, vi))
+            outputs.append(_value_info(wire, vi))
+        else:
+            src, dst = wire, c.name
+            inputs.append(_value_info(wire, vi))
+            outputs.append(_value_info(c.name, vi))
+        n, t = _gather_chain(src, dst, c.index, inverse=(kind == "decode"), tag=f"{kind}{i}")
+        nodes += n
+        inits += t
+    graph = helper.make_graph(nodes, kind, inputs, outputs, initializer=inits)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", CLIENT_OPSET)], producer_name="eeonnx"
+    )
+    model.ir_version = CLIENT_IR_VERSION
+    return model
+
+
+def value_infos(model: ir.Model) -> dict[str, onnx.ValueInfoProto]:
+    """Type protos of the graph inputs/outputs, as the original declares them."""
+    out = {}
+    for v in list(model.graph.inputs) + list(model.graph.outputs):
+        out[v.name] = ir.serde.serialize_value(v)
+    return out
+
+
+class BoundaryPass:
+    def __init__(self, comp):
+        self.comp = comp
+
+    def __call__(self, model: ir.Model) -> None:
+        comp = self.comp
+        comp.inputs = crossings(comp, list(model.graph.inputs), is_input=True)
+        comp.outputs = crossings(comp, list(model.graph.outputs), is_input=False)
+        infos = comp.original_infos
+        comp.encode_model = build_client_graph("encode", comp.inputs, infos)
+        comp.decode_model = build_client_graph("decode", comp.outputs, infos)

@@ -1,0 +1,89 @@
+"""emit: write the artifact directory atomically.
+
+Everything is written into a temporary sibling directory first; only when
+every file is complete is it renamed to OUT (an existing OUT, allowed by
+--force, is swapped out and deleted afterwards). An error or interruption
+at any point leaves OUT as it was and no temporary directory behind.
+
+Layout: OUT/server/model.onnx (+ model.onnx.data for large models),
+OUT/client/{encode.onnx, decode.onnx, key.json (0600), manifest.json}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from contextlib import contextmanager
+
+import onnx
+import onnx_ir as ir
+
+from eeonnx.errors import OutputExistsError
+from eeonnx.keys import write_key
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights above 1 GiB go to model.onnx.data
+
+
+def check_target(out: str, force: bool) -> None:
+    """Refuse to touch a non-empty OUT without --force (before any work is done)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputExistsError(f"{out} exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise OutputExistsError(f"{out} exists and is not empty; pass --force to replace it")
+
+
+@contextmanager
+def _signals_as_exceptions():
+    """SIGTERM unwinds like Ctrl-C, so cleanup handlers run."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def emit(comp, out: str, force: bool) -> None:
+    check_target(out, force)
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".eeonnx-", dir=parent)
+    try:
+        with _signals_as_exceptions():
+            _write(comp, tmp)
+            if os.path.exists(out):
+                old = tempfile.mkdtemp(prefix=".eeonnx-old-", dir=parent)
+                os.rename(out, os.path.join(old, "out"))
+                os.rename(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write(comp, root: str) -> None:
+    server_dir, client_dir = os.path.join(root, "server"), os.path.join(root, "client")
+    os.makedirs(server_dir)
+    os.makedirs(client_dir)
+    os.chmod(client_dir, 0o700)
+    server_path = os.path.join(server_dir, "model.onnx")
+    external = comp.weight_bytes > EXTERNAL_DATA_THRESHOLD or comp.had_external_data
+    ir.save(comp.model, server_path, external_data="model.onnx.data" if external else None)
+    onnx.save(comp.encode_model, os.path.join(client_dir, "encode.onnx"))
+    onnx.save(comp.decode_model, os.path.join(client_dir, "decode.onnx"))
+    write_key(comp.key, os.path.join(client_dir, "key.json"))
+    manifest = comp.manifest(server_path)
+    with open(os.path.join(client_dir, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")

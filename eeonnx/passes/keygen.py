@@ -1,0 +1,55 @@
+"""keygen: decide which layout variables are secret and derive their permutations.
+
+A variable is secret when it is *anchored*: it appears in the layout of some
+initializer axis (the secret lives in the weights). Unanchored variables (a
+static batch axis, say) stay the identity, which satisfies every equation.
+
+Classes get stable labels from the first initializer axis that holds them
+(initializers visited by name), so one key and one model always give the
+same permutations. Invariant: leaves the model unchanged; fills
+``comp.classes`` (uid -> SecretClass), ``comp.perms`` (uid -> array) and
+``comp.losses``: weight axes that could have been secret but were pinned,
+with the node and reason that pinned them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from eeonnx import layout as L
+
+
+@dataclass
+class SecretClass:
+    name: str  # display name, c0, c1, ...
+    label: str  # stable derivation label
+    size: int
+
+    @property
+    def bits(self) -> float:
+        return L.log2_factorial(self.size)
+
+
+class KeygenPass:
+    def __init__(self, comp):
+        self.comp = comp
+
+    def __call__(self, model: ir.Model) -> None:
+        an = self.comp.analysis
+        classes: dict[int, SecretClass] = {}
+        losses: dict[int, tuple[L.PinInfo, int, str]] = {}
+        for name in sorted(model.graph.initializers):
+            value = model.graph.initializers[name]
+            terms = an.known(value)
+            for axis, t in enumerate(terms or []):
+                for k, v in enumerate(L.free_vars(t)):
+                    if v.size <= 1 or v.uid in classes or v.uid in losses:
+                        continue
+                    if v.pin is None:
+                        classes[v.uid] = SecretClass(f"c{len(classes)}", f"{name}:{axis}:{k}", v.size)
+                    elif not v.pin.inherent:
+                        losses[v.uid] = (v.pin, v.size, f"{name}[axis {axis}]")
+        self.comp.classes = classes
+        self.comp.losses = list(losses.values())
+        self.comp.perms = {uid: self.comp.key.permutation(c.label, c.size) for uid, c in classes.items()}

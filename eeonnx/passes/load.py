@@ -1,0 +1,35 @@
+"""load: read an ONNX model into onnx_ir, external data memory-mapped.
+
+Invariant: on success the result is an ir.Model whose initializers are lazy
+(nothing is copied into memory until a pass asks for a tensor's values);
+on failure an EEError says what is wrong with the file.
+"""
+from __future__ import annotations
+
+import os
+
+import onnx
+import onnx_ir as ir
+
+from eeonnx.errors import ModelLoadError
+
+
+def load_model(model: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Model:
+    if isinstance(model, ir.Model):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model)
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    if os.path.getsize(path) == 0:
+        raise ModelLoadError(f"{path}: empty file, expected an ONNX model")
+    try:
+        loaded = ir.load(path)
+    except Exception as e:  # protobuf gives many error types for garbage input
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
+    if len(loaded.graph) == 0 and not loaded.graph.outputs:
+        raise ModelLoadError(f"{path}: not an ONNX model (the file parsed to an empty graph)")
+    return loaded

@@ -1,0 +1,123 @@
+"""normalize: put the model in the form the analysis reasons about.
+
+After this pass:
+- initializers are not graph inputs (old IR<4 files), ir_version >= 4;
+- model-local functions are inlined;
+- constant subgraphs (Constant, ConstantOfShape, shape arithmetic on static
+  dims) are folded, and every Constant node is an initializer, so weights
+  stored as Constant nodes (PaddlePaddle exports) are permuted like others;
+- ``--dim`` values replace symbolic dims of graph inputs;
+- every value has the shape that ONNX shape inference (then, for what it
+  leaves unknown, onnxruntime's symbolic shape inference) can give it;
+- nodes are topologically sorted and unused nodes removed.
+The normalized graph computes the same function as the original.
+"""
+from __future__ import annotations
+
+import logging
+
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
+from onnxscript import optimizer
+
+from eeonnx.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+class NormalizePass(ir.passes.InPlacePass):
+    def __init__(self, dims: dict[str, int] | None = None):
+        super().__init__()
+        self.dims = dict(dims or {})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if model.ir_version is not None and model.ir_version < 4:
+            common.RemoveInitializersFromInputsPass()(model)
+            model.ir_version = 4
+        _check_graph(model)
+        common.InlinePass()(model)
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+        _fix_dims(model, self.dims)
+        for _ in range(2):
+            optimizer.fold_constants(model, onnx_shape_inference=False)
+            common.RemoveUnusedNodesPass()(model)
+            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+        common.TopologicalSortPass()(model)
+        infer_shapes(model)
+        return ir.passes.PassResult(model, modified=True)
+
+
+def _check_graph(model: ir.Model) -> None:
+    """Refuse graphs that are not valid SSA before any pass trusts them."""
+    seen: set[str] = set()
+    for v in model.graph.inputs:
+        seen.add(v.name)
+    for node in model.graph:
+        for o in node.outputs:
+            if o.name in seen:
+                raise ModelLoadError(
+                    f"node '{node.name}' writes '{o.name}', which is already defined: the graph is not in SSA form"
+                )
+            seen.add(o.name)
+
+
+def _fix_dims(model: ir.Model, dims: dict[str, int]) -> None:
+    if not dims:
+        return
+    for v in model.graph.inputs:
+        if v.shape is None:
+            continue
+        new = [dims.get(d.value, d) if isinstance(d, ir.SymbolicDim) and d.value in dims else d for d in v.shape]
+        v.shape = ir.Shape(new)
+    # values inside the graph get their shapes again from inference
+    for node in model.graph:
+        for o in node.outputs:
+            if not o.is_graph_output():
+                o.shape = None
+
+
+def _unknown(model: ir.Model) -> list[ir.Value]:
+    out = []
+    for node in model.graph:
+        for o in node.outputs:
+            if o.shape is None or any(
+                isinstance(d, ir.SymbolicDim) and d.value is None for d in o.shape
+            ):
+                out.append(o)
+    return out
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """ONNX shape inference with data propagation, then onnxruntime's symbolic inference."""
+    common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    if not _unknown(model):
+        return
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # pragma: no cover - onnxruntime always ships it
+        return
+    def run(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+
+    try:
+        # weights travel as typed inputs only, never copied (onnx_ir's helper)
+        inferred = call_onnx_api(run, model)
+    except Exception as e:  # the tool raises plain Exceptions on ops it does not know
+        log.info("symbolic shape inference failed: %s", e)
+        return
+    if inferred is None:
+        return
+    known = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+            known[vi.name] = (dims, t.elem_type)
+    for v in _unknown(model):
+        if v.name in known:
+            dims, elem = known[v.name]
+            v.shape = ir.Shape(dims)
+            if v.type is None and elem:
+                v.type = ir.TensorType(ir.DataType(elem))

@@ -1,0 +1,79 @@
+"""propagate: give every axis of every tensor a layout, by unification.
+
+Each node's rule states equations between its axes; the solver binds
+variables. Nodes without a rule (or whose shapes are unknown) pin every axis
+they touch, so whatever passes through them is in the clear and exact.
+
+Invariant: leaves the model unchanged; fills ``comp.terms`` (value -> list of
+layout terms, one per axis)  Every
+equation that forced a variable to the identity is remembered on the
+variable (see layout.PinInfo); keygen decides which of those were losses.
+"""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from eeonnx import layout as L
+from eeonnx import rules
+from eeonnx.passes.check import opset_of
+
+
+class Analysis:
+    """Layout terms per value plus the solver that relates them."""
+
+    def __init__(self):
+        self._terms: dict[ir.Value, list[L.Term]] = {}
+        self.current: ir.Node | None = None
+        self.unifier = L.Unifier(self._context)
+
+    def _context(self) -> tuple[str, str]:
+        n = self.current
+        return (n.name or "", n.op_type) if n is not None else ("", "")
+
+    def terms(self, value: ir.Value) -> list[L.Term]:
+        t = self._terms.get(value)
+        if t is None:
+            dims = rules.dims_of(value)
+            if dims is None:
+                raise rules.NoShape(value)
+            t = [L.fresh(d if isinstance(d, int) else None) for d in dims]
+            self._terms[value] = t
+        return t
+
+    def known(self, value: ir.Value) -> list[L.Term] | None:
+        try:
+            return self.terms(value)
+        except rules.NoShape:
+            return None
+
+
+class PropagatePass:
+    def __init__(self, comp):
+        self.comp = comp
+
+    def __call__(self, model: ir.Model) -> None:
+        an = Analysis()
+        unsupported = {id(n) for n, _ in self.comp.unsupported}
+        for node in model.graph:
+            an.current = node
+            if id(node) in unsupported:
+                _pin_all(an, node, "op not supported")
+                continue
+            rule = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
+            view = rules.NodeView(an, node, opset_of(model, node.domain))
+            try:
+                rule.apply(view)
+                view.finish()
+            except rules.NoShape as e:
+                _pin_all(an, node, f"shape of '{e.value.name}' is unknown (try --dim)")
+        an.current = None
+        self.comp.analysis = an
+
+
+def _pin_all(an: Analysis, node: ir.Node, reason: str) -> None:
+    for v in list(node.inputs) + list(node.outputs):
+        if v is None:
+            continue
+        terms = an.known(v)
+        for t in terms or []:
+            an.unifier.pin(t, f"{node.op_type}: {reason}")

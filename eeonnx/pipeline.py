@@ -1,0 +1,162 @@
+"""The compile pipeline: one Compilation carries the model and every analysis result.
+
+    load -> normalize -> check -> propagate -> keygen -> fold -> boundary -> emit
+
+``analyze()`` runs up to keygen (what ``eeonnx check`` shows, nothing written);
+``compile()`` runs everything and writes the artifact directory atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_ir as ir
+
+from eeonnx import __version__
+from eeonnx import layout as L
+from eeonnx.errors import StrictPinError, UnsupportedOpError
+from eeonnx.keys import Key
+from eeonnx.passes import boundary, check, emit, fold, keygen, load, normalize, propagate
+
+
+@dataclass
+class Compilation:
+    model: ir.Model
+    key: Key
+    source: str = "<memory>"
+    allow_clear: tuple[str, ...] = ()
+    had_external_data: bool = False
+    original_infos: dict = field(default_factory=dict)
+    original_nodes: int = 0
+    unsupported: list = field(default_factory=list)
+    op_counts: dict = field(default_factory=dict)
+    analysis: propagate.Analysis | None = None
+    classes: dict = field(default_factory=dict)
+    losses: list = field(default_factory=list)
+    perms: dict = field(default_factory=dict)
+    weight_bytes: int = 0
+    permuted_bytes: int = 0
+    weight_index: dict = field(default_factory=dict)
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    encode_model: onnx.ModelProto | None = None
+    decode_model: onnx.ModelProto | None = None
+
+    # -- views -----------------------------------------------------------------
+    def show(self, t: L.Term) -> str:
+        t = L.resolve(t)
+        names = {uid: c.name for uid, c in self.classes.items()}
+        # unanchored variables are the identity: show them as public
+        for v in L.free_vars(t):
+            if v.uid not in names:
+                t = _publicize(t, names)
+                break
+        return L.show(t, names)
+
+    def spec(self) -> dict[str, list[str]]:
+        """initializer -> layout per axis (the PermutationSpec)."""
+        out = {}
+        for name in sorted(self.model.graph.initializers):
+            terms = self.analysis.known(self.model.graph.initializers[name])
+            out[name] = [self.show(t) for t in terms] if terms is not None else ["?"]
+        return out
+
+    @property
+    def key_bits(self) -> float:
+        return sum(c.bits for c in self.classes.values())
+
+    def pins(self) -> list[dict]:
+        """Weight axes pinned to the identity by some node, one entry per (node, reason)."""
+        merged: dict[tuple, dict] = {}
+        for info, size, where in self.losses:
+            e = merged.setdefault((info.node, info.reason), {
+                "node": info.node, "op_type": info.op_type, "reason": info.reason, "axes": []})
+            e["axes"].append(f"{where} ({size})")
+        return list(merged.values())
+
+    def manifest(self, server_path: str) -> dict:
+        def crossing(c):
+            return {"name": c.name, "wire_name": c.wire_name, "dtype": c.dtype, "shape": c.shape,
+                    "layout": c.layout, "secret_axes": c.secret_axes, "clear": c.clear,
+                    **({"clear_reason": c.reason} if c.clear else {})}
+
+        return {
+            "format": "eeonnx-artifact/1",
+            "eeonnx_version": __version__,
+            "source": os.path.basename(self.source),
+            "key_fingerprint": self.key.fingerprint(),
+            "server": {"path": "server/model.onnx", "sha256": _sha256(server_path)},
+            "encode": {"inputs": [c.name for c in self.inputs],
+                       "outputs": [c.wire_name + boundary.SUFFIX for c in self.inputs]},
+            "decode": {"inputs": [c.wire_name + boundary.SUFFIX for c in self.outputs],
+                       "outputs": [c.name for c in self.outputs]},
+            "inputs": [crossing(c) for c in self.inputs],
+            "outputs": [crossing(c) for c in self.outputs],
+            "state": [],
+            "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)}
+                        for c in self.classes.values()],
+            "key_bits": round(self.key_bits, 1),
+            "coverage": {"weight_bytes": self.weight_bytes, "permuted_bytes": self.permuted_bytes,
+                         "share": round(self.permuted_bytes / self.weight_bytes, 4) if self.weight_bytes else 0.0},
+            "pins": self.pins(),
+            "nodes": {"original": self.original_nodes, "server": len(self.model.graph)},
+        }
+
+
+def _publicize(t: L.Term, names: dict[int, str]) -> L.Term:
+    t = L.resolve(t)
+    if isinstance(t, L.Var):
+        return t if t.uid in names else L.Public(t.size)
+    if isinstance(t, L.Cat):
+        return L.cat(*[_publicize(p, names) for p in t.parts])
+    if isinstance(t, L.Kron):
+        return L.kron(*[_publicize(f, names) for f in t.factors])
+    return t
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _uses_external_data(model: ir.Model) -> bool:
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
+def analyze(model, *, key: Key | None = None, dims=None, allow_clear=()) -> Compilation:
+    """Load, normalize, check and solve layouts; derive permutations. Writes nothing."""
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<memory>"
+    m = load.load_model(model)
+    comp = Compilation(model=m, key=key or Key.generate(), source=source, allow_clear=tuple(allow_clear))
+    comp.had_external_data = _uses_external_data(m)
+    comp.original_nodes = len(m.graph)
+    comp.original_infos = boundary.value_infos(m)
+    normalize.NormalizePass(dims)(m)
+    check.CheckPass(comp)(m)
+    propagate.PropagatePass(comp)(m)
+    keygen.KeygenPass(comp)(m)
+    return comp
+
+
+def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
+                  allow_clear=(), progress=None) -> Compilation:
+    """Compile ``model`` into the artifact directory ``out``; see the module docstring."""
+    emit.check_target(out, force)
+    k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
+    comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear)
+    if comp.unsupported:
+        node, why = comp.unsupported[0]
+        more = f" (and {len(comp.unsupported) - 1} more; see `eeonnx check`)" if len(comp.unsupported) > 1 else ""
+        raise UnsupportedOpError(node.name or "?", node.op_type, node.domain, why + more)
+    if strict and comp.pins():
+        p = comp.pins()[0]
+        raise StrictPinError(f"--strict: node '{p['node']}' pins an axis: {p['reason']}")
+    fold.FoldPass(comp)(comp.model)
+    boundary.BoundaryPass(comp)(comp.model)
+    emit.emit(comp, out, force)
+    return comp

@@ -1,0 +1,198 @@
+"""Op rule registry: one declarative entry per (domain, op_type, opset range).
+
+A rule receives a :class:`NodeView` and states layout equations between the
+axes of the node's inputs and outputs (``unify``), or pins axes on which the
+op is not equivariant (``pin``: reported; ``public``: inherent, e.g. spatial
+axes of a convolution, not reported).
+
+Safety net (enforced by :meth:`NodeView.finish`, not by each rule): every
+input or output the rule did not touch with ``x()``/``y()``/``passive()`` is
+a *control* tensor (shapes, pads, scales, axes...) and is pinned to Public
+entirely, so a rule can never leave a weight permuted by accident.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from eeonnx import layout as L
+
+
+@dataclass(frozen=True)
+class OpRule:
+    domain: str
+    op_type: str
+    since: int
+    until: int | None
+    apply: Callable[["NodeView"], None]
+
+    @property
+    def doc(self) -> str:
+        return (self.apply.__doc__ or "").strip().splitlines()[0] if self.apply.__doc__ else ""
+
+
+REGISTRY: dict[tuple[str, str], list[OpRule]] = {}
+
+
+def rule(*op_types: str, domain: str = "", since: int = 1, until: int | None = None):
+    """Register ``fn`` as the rule of each op type for opsets [since, until]."""
+
+    def deco(fn: Callable[[NodeView], None]):
+        for op in op_types:
+            REGISTRY.setdefault((domain, op), []).append(OpRule(domain, op, since, until, fn))
+        return fn
+
+    return deco
+
+
+def lookup(domain: str, op_type: str, opset: int) -> OpRule | None:
+    domain = "" if domain in ("", "ai.onnx") else domain
+    for r in REGISTRY.get((domain, op_type), []):
+        if r.since <= opset and (r.until is None or opset <= r.until):
+            return r
+    return None
+
+
+class NoShape(Exception):
+    """A value the rule needs has no known rank."""
+
+    def __init__(self, value: ir.Value):
+        super().__init__(value.name)
+        self.value = value
+
+
+Dim = "int | str | None"
+
+
+def dims_of(value: ir.Value) -> list | None:
+    """Static ints, symbolic names (str) or None (unknown) per axis; None if rank unknown."""
+    if value.shape is None:
+        return None
+    out = []
+    for d in value.shape:
+        if isinstance(d, int):
+            out.append(d)
+        else:
+            out.append(d.value if isinstance(d.value, str) else None)
+    return out
+
+
+class NodeView:
+    """What a rule sees of one node: its axes as layout terms, attributes, constants."""
+
+    def __init__(self, analysis, node: ir.Node, opset: int):
+        self.analysis = analysis
+        self.node = node
+        self.opset = opset
+        self._used_in: set[int] = set()
+        self._used_out: set[int] = set()
+
+    # -- structure -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.node.name or f"<{self.node.op_type}>"
+
+    def has(self, i: int) -> bool:
+        return i < len(self.node.inputs) and self.node.inputs[i] is not None
+
+    def has_out(self, i: int) -> bool:
+        return i < len(self.node.outputs) and (
+            self.node.outputs[i].uses() or self.node.outputs[i].is_graph_output()
+        )
+
+    @property
+    def n_in(self) -> int:
+        return len(self.node.inputs)
+
+    @property
+    def n_out(self) -> int:
+        return len(self.node.outputs)
+
+    def x(self, i: int) -> list[L.Term]:
+        """Layout terms of input i, marking it a data input."""
+        self._used_in.add(i)
+        return self.analysis.terms(self.node.inputs[i])
+
+    def y(self, i: int) -> list[L.Term]:
+        """Layout terms of output i, marking it a data output."""
+        self._used_out.add(i)
+        return self.analysis.terms(self.node.outputs[i])
+
+    def passive(self, i: int) -> None:
+        """Input i is read for its shape only: any layout is fine, nothing is tied."""
+        self._used_in.add(i)
+
+    def dims(self, i: int) -> list:
+        d = dims_of(self.node.inputs[i])
+        if d is None:
+            raise NoShape(self.node.inputs[i])
+        return d
+
+    def out_dims(self, i: int) -> list:
+        d = dims_of(self.node.outputs[i])
+        if d is None:
+            raise NoShape(self.node.outputs[i])
+        return d
+
+    def attr(self, name: str, default=None):
+        a = self.node.attributes.get(name)
+        return default if a is None else a.value
+
+    def const(self, i: int) -> np.ndarray | None:
+        """Value of input i when it is a constant (initializer), else None."""
+        if not self.has(i):
+            return None
+        v = self.node.inputs[i]
+        if v.const_value is None:
+            return None
+        return v.const_value.numpy()
+
+    def ints(self, attr: str, input_index: int | None = None) -> list[int] | None:
+        """Integer list from an attribute, or from a constant input (newer opsets)."""
+        a = self.attr(attr)
+        if a is not None:
+            return [int(v) for v in a]
+        if input_index is not None and self.has(input_index):
+            c = self.const(input_index)
+            return None if c is None else [int(v) for v in np.asarray(c).reshape(-1)]
+        return None
+
+    # -- equations -----------------------------------------------------------
+    def unify(self, a: L.Term, b: L.Term, why: str | None = None) -> None:
+        self.analysis.unifier.unify(a, b, why or f"{self.node.op_type}: layouts cannot be matched")
+
+    def tie(self, xs: list[L.Term], ys: list[L.Term]) -> None:
+        """Unify two lists of axes pairwise (same rank)."""
+        for a, b in zip(xs, ys, strict=True):
+            self.unify(a, b)
+
+    def pin(self, t: L.Term, why: str) -> None:
+        """Force an axis public because the op is not equivariant on it (reported)."""
+        self.analysis.unifier.pin(t, f"{self.node.op_type}: {why}")
+
+    def public(self, *ts: L.Term) -> None:
+        """Axes that are positional by nature (spatial, kernel); not reported as a loss."""
+        for t in ts:
+            self.analysis.unifier.pin(t, "positional", report=False)
+
+    def finish(self) -> None:
+        """Pin every input/output the rule did not declare as data (control tensors)."""
+        for i, v in enumerate(self.node.inputs):
+            if v is not None and i not in self._used_in and v.shape is not None:
+                for t in self.analysis.terms(v):
+                    self.analysis.unifier.pin(t, "control input", report=False)
+        for i, v in enumerate(self.node.outputs):
+            if i not in self._used_out and v.shape is not None:
+                for t in self.analysis.terms(v):
+                    self.analysis.unifier.pin(t, "untracked output", report=False)
+
+
+def load_all() -> None:
+    """Import every rule module so that the registry is complete."""
+    from eeonnx.rules import elementwise, linear, reduce, shape, spatial  # noqa: F401
+
+
+load_all()

@@ -1,0 +1,47 @@
+"""Linear layers: Gemm and MatMul absorb permutations on both sides.
+
+MatMul is ``...mk,...kn->...mn``: k is summed (both operands carry the same
+permutation there), m and n follow the output, batch axes broadcast. With
+one operand a weight, this is ``W' = P_out W P_in^T`` folded into the weight.
+"""
+from __future__ import annotations
+
+from eeonnx.rules import NodeView, rule
+from eeonnx.rules.elementwise import broadcast
+
+
+@rule("Gemm")
+def gemm(n: NodeView) -> None:
+    """Y = alpha * A' B' + beta * C, A' = A or A^T, B' = B or B^T; C broadcast to Y."""
+    a, b, y = n.x(0), n.x(1), n.y(0)
+    am, ak = (a[1], a[0]) if n.attr("transA", 0) else (a[0], a[1])
+    bk, bn = (b[1], b[0]) if n.attr("transB", 0) else (b[0], b[1])
+    n.unify(ak, bk)
+    n.unify(am, y[0])
+    n.unify(bn, y[1])
+    if n.has(2):
+        broadcast(n, [2])
+
+
+@rule("MatMul")
+def matmul(n: NodeView) -> None:
+    """numpy matmul semantics, 1-D operands included."""
+    a, b, y = n.x(0), n.x(1), n.y(0)
+    ad, bd, yd = n.dims(0), n.dims(1), n.out_dims(0)
+    a_m = a[-2] if len(a) >= 2 else None
+    b_n = b[-1] if len(b) >= 2 else None
+    a_k = a[-1]
+    b_k = b[-2] if len(b) >= 2 else b[0]
+    n.unify(a_k, b_k)
+    tail = (a_m is not None) + (b_n is not None)
+    y_batch, yb_dims = y[: len(y) - tail], yd[: len(y) - tail]
+    if a_m is not None:
+        n.unify(a_m, y[len(y) - tail])
+    if b_n is not None:
+        n.unify(b_n, y[-1])
+    for terms, dims in ((a[:-2], ad[:-2]), (b[:-2], bd[:-2])):
+        off = len(y_batch) - len(terms)
+        for k, t in enumerate(terms):
+            if dims[k] == 1 and yb_dims[off + k] != 1:
+                continue
+            n.unify(t, y_batch[off + k])

@@ -1,0 +1,27 @@
+"""Reductions: reducing over a whole axis is invariant to permuting that axis."""
+from __future__ import annotations
+
+from eeonnx.rules import NodeView, rule
+
+REDUCE = (
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+)
+
+
+@rule(*REDUCE)
+def reduce(n: NodeView) -> None:
+    """Kept axes follow the input; reduced axes may carry any layout (symmetric functions)."""
+    x, y = n.x(0), n.y(0)
+    axes = n.ints("axes", 1)
+    if not axes:
+        if n.attr("noop_with_empty_axes", 0):
+            n.tie(x, y)
+            return
+        axes = list(range(len(x)))
+    reduced = {a % len(x) for a in axes}
+    keep = [t for k, t in enumerate(x) if k not in reduced]
+    if n.attr("keepdims", 1):
+        n.tie(keep, [t for k, t in enumerate(y) if k not in reduced])
+    else:
+        n.tie(keep, y)

@@ -1,0 +1,238 @@
+"""Ops that move axes around: Reshape/Flatten (Kron merges and splits), Transpose,
+Squeeze/Unsqueeze, Concat/Split/Slice (Cat blocks), Gather, Shape.
+
+Reshape works on symbolic shapes: input and output dims are aligned into
+groups of equal product (symbolic factors match by name, ``a*b`` strings are
+products), each group's layouts are merged with Kron and unified; a group
+with a symbolic factor is public as a whole.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from eeonnx import layout as L
+from eeonnx.rules import NodeView, rule
+
+
+def _factor(d) -> tuple[int, Counter] | None:
+    """A dim as (static part, multiset of symbols); None when unknown."""
+    if isinstance(d, int):
+        return d, Counter()
+    if d is None:
+        return None
+    static, syms = 1, Counter()
+    for tok in str(d).replace(" ", "").split("*"):
+        if tok.isdigit():
+            static *= int(tok)
+        else:
+            syms[tok] += 1
+    return static, syms
+
+
+def align_groups(in_dims: list, out_dims: list) -> list[tuple[list[int], list[int]]] | None:
+    """Partition axes of both sides into consecutive groups of equal product.
+
+    Size-1 axes form groups of their own (they carry no layout). Returns None
+    when the dims cannot be aligned (unknown dims, incompatible products).
+    """
+    fi = [_factor(d) for d in in_dims]
+    fo = [_factor(d) for d in out_dims]
+    if None in fi or None in fo:
+        return None
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    ones = lambda f: f[0] == 1 and not f[1]  # noqa: E731
+    while i < len(fi) or j < len(fo):
+        if i < len(fi) and ones(fi[i]):
+            groups.append(([i], []))
+            i += 1
+            continue
+        if j < len(fo) and ones(fo[j]):
+            groups.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(fi) or j >= len(fo):
+            return None
+        gi, gj = [i], [j]
+        pi, pj = fi[i], fo[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            grow_left = (sum(pi[1].values()), pi[0]) < (sum(pj[1].values()), pj[0])
+            if grow_left and i < len(fi):
+                pi = (pi[0] * fi[i][0], pi[1] + fi[i][1])
+                gi.append(i)
+                i += 1
+            elif not grow_left and j < len(fo):
+                pj = (pj[0] * fo[j][0], pj[1] + fo[j][1])
+                gj.append(j)
+                j += 1
+            else:
+                return None
+        groups.append((gi, gj))
+    return groups
+
+
+def merge(n: NodeView, xs: list[L.Term], ys: list[L.Term], in_dims: list, out_dims: list) -> None:
+    """Unify Kron(xs) with Kron(ys) for groups of axes of equal product."""
+    groups = align_groups(in_dims, out_dims)
+    if groups is None:
+        for t in xs + ys:
+            n.pin(t, "cannot align input and output dims (unknown sizes; try --dim)")
+        return
+    for gi, gj in groups:
+        a = [xs[k] for k in gi]
+        b = [ys[k] for k in gj]
+        if not a or not b:
+            continue  # a size-1 axis
+        sizes = [in_dims[k] for k in gi] + [out_dims[k] for k in gj]
+        if not all(isinstance(s, int) for s in sizes):
+            for t in a + b:
+                n.pin(t, "axis merged with a symbolic dim")
+            continue
+        n.unify(L.kron(*a), L.kron(*b), f"{n.node.op_type}: merged axes cannot be refined")
+
+
+@rule("Reshape")
+def reshape(n: NodeView) -> None:
+    """Merges and splits axes: Kron layouts, refined where a secret axis splits."""
+    merge(n, n.x(0), n.y(0), n.dims(0), n.out_dims(0))
+
+
+@rule("Flatten")
+def flatten(n: NodeView) -> None:
+    """[d0..dk-1, dk..] -> [prod(d0..dk-1), prod(dk..)]."""
+    x, y, d = n.x(0), n.y(0), n.dims(0)
+    axis = int(n.attr("axis", 1)) % (len(x) + 1) if len(x) else 0
+    for part, out_axis in ((slice(0, axis), 0), (slice(axis, None), 1)):
+        xs, dims = x[part], d[part]
+        if not all(isinstance(s, int) for s in dims):
+            for t in xs + [y[out_axis]]:
+                n.pin(t, "axis merged with a symbolic dim")
+        else:
+            n.unify(L.kron(*xs) if xs else L.Public(1), y[out_axis])
+
+
+@rule("Transpose")
+def transpose(n: NodeView) -> None:
+    """Y axis i is X axis perm[i]."""
+    x, y = n.x(0), n.y(0)
+    perm = n.ints("perm") or list(reversed(range(len(x))))
+    for i, p in enumerate(perm):
+        n.unify(y[i], x[p])
+
+
+@rule("Squeeze")
+def squeeze(n: NodeView) -> None:
+    """Drops size-1 axes."""
+    x, y, d = n.x(0), n.y(0), n.dims(0)
+    axes = n.ints("axes", 1)
+    drop = {a % len(x) for a in axes} if axes else {k for k, s in enumerate(d) if s == 1}
+    n.tie([t for k, t in enumerate(x) if k not in drop], y)
+
+
+@rule("Unsqueeze")
+def unsqueeze(n: NodeView) -> None:
+    """Inserts size-1 axes."""
+    x, y = n.x(0), n.y(0)
+    axes = {a % len(y) for a in n.ints("axes", 1)}
+    n.tie(x, [t for k, t in enumerate(y) if k not in axes])
+
+
+@rule("Concat")
+def concat(n: NodeView) -> None:
+    """Blocks side by side on the concat axis: Y.axis = Cat(X1.axis, X2.axis, ...)."""
+    y = n.y(0)
+    axis = int(n.attr("axis")) % len(y)
+    parts = []
+    for i in range(n.n_in):
+        if not n.has(i):
+            continue
+        x = n.x(i)
+        for k in range(len(y)):
+            if k != axis:
+                n.unify(x[k], y[k])
+        parts.append(x[axis])
+    n.unify(y[axis], L.cat(*parts), "Concat: block of unknown size")
+
+
+@rule("Split")
+def split(n: NodeView) -> None:
+    """X.axis = Cat(Y1.axis, Y2.axis, ...); other axes follow."""
+    x = n.x(0)
+    axis = int(n.attr("axis", 0)) % len(x)
+    parts = []
+    for i in range(n.n_out):
+        y = n.y(i)
+        for k in range(len(x)):
+            if k != axis:
+                n.unify(x[k], y[k])
+        parts.append(y[axis])
+    n.unify(x[axis], L.cat(*parts), "Split: block of unknown size")
+
+
+@rule("Slice")
+def slice_(n: NodeView) -> None:
+    """A unit-step slice keeps a block: X.axis = Cat(before, Y.axis, after)."""
+    x, y, d = n.x(0), n.y(0), n.dims(0)
+    starts, ends = n.ints("starts", 1), n.ints("ends", 2)
+    axes = n.ints("axes", 3)
+    steps = n.ints("__steps__", 4) if n.has(4) else None
+    if starts is None or ends is None or (n.has(3) and axes is None) or (n.has(4) and steps is None):
+        for a, b in zip(x, y):
+            n.pin(a, "slice bounds are not constant")
+            n.pin(b, "slice bounds are not constant")
+        return
+    axes = [a % len(x) for a in (axes or range(len(starts)))]
+    steps = steps or [1] * len(axes)
+    sliced = {}
+    for ax, s, e, st in zip(axes, starts, ends, steps):
+        sliced[ax] = (s, e, st)
+    for k in range(len(x)):
+        if k not in sliced:
+            n.unify(x[k], y[k])
+            continue
+        s, e, st = sliced[k]
+        size = d[k]
+        if not isinstance(size, int):
+            n.public(x[k], y[k])
+            continue
+        lo, hi, step = slice(s, e, st).indices(size)
+        if step != 1:
+            n.pin(x[k], "strided or reversed slice")
+            n.pin(y[k], "strided or reversed slice")
+            continue
+        hi = max(hi, lo)
+        n.unify(x[k], L.cat(L.fresh(lo), y[k], L.fresh(size - hi)), "Slice: block cannot be cut out")
+
+
+@rule("Gather")
+def gather(n: NodeView) -> None:
+    """Picks positions on one axis: that axis is pinned, the others follow.
+
+    (Index inputs that carry an axis's layout on their values, such as token
+    ids, are handled by the value-layout analysis; here indices are public.)
+    """
+    x, idx, y = n.x(0), n.x(1), n.y(0)
+    axis = int(n.attr("axis", 0)) % len(x)
+    n.pin(x[axis], "gathered axis (positions are read)")
+    n.tie(x[:axis] + x[axis + 1 :], y[:axis] + y[axis + len(idx) + 1 :])
+    for a, b in zip(idx, y[axis : axis + len(idx)]):
+        n.unify(a, b)
+    n.public(*idx)
+
+
+@rule("Shape", "Size")
+def shape_of(n: NodeView) -> None:
+    """Reads only the dims: any layout of the input is fine; the result is public."""
+    n.passive(0)
+    n.public(*n.y(0))
+
+
+@rule("Constant", "ConstantOfShape", "Range", "EyeLike", "RandomNormal", "RandomUniform")
+def constant(n: NodeView) -> None:
+    """Produces a tensor from controls only: public."""
+    if n.node.op_type == "EyeLike":
+        n.passive(0)
+    n.public(*n.y(0))
+
+
