@@ -41,7 +41,7 @@ class NormalizePass(ir.passes.InPlacePass):
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         _fix_dims(model, self.dims)
         for _ in range(2):
-            optimizer.fold_constants(model, onnx_shape_inference=False)
+            optimizer.fold_constants(model, onnx_shape_inference=True)
             common.RemoveUnusedNodesPass()(model)
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         common.TopologicalSortPass()(model)

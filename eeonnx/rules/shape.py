@@ -67,7 +67,12 @@ def align_groups(in_dims: list, out_dims: list) -> list[tuple[list[int], list[in
                 gj.append(j)
                 j += 1
             else:
-                return None
+                # one side is used up: by conservation of the element count the
+                # rest of the other side has the same product as this group
+                gi += list(range(i, len(fi)))
+                gj += list(range(j, len(fo)))
+                i, j = len(fi), len(fo)
+                break
         groups.append((gi, gj))
     return groups
 

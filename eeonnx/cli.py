@@ -1,0 +1,230 @@
+"""The eeonnx command line (click).
+
+Every deliberate refusal is an EEError: one line on stderr, exit code 2
+(1 for a failed verification), no traceback unless --debug.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from eeonnx.errors import EEError
+
+
+def _dims(values: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for v in values:
+        name, sep, size = v.partition("=")
+        if not sep or not size.strip().isdigit():
+            raise click.BadParameter(f"'{v}': expected NAME=SIZE, e.g. batch=1", param_hint="--dim")
+        out[name.strip()] = int(size)
+    return out
+
+
+class _Group(click.Group):
+    """Turns EEErrors into one-line messages with their exit code."""
+
+    def invoke(self, ctx):
+        debug = ctx.params.get("debug") or "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except EEError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="eeonnx")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug: bool) -> None:
+    """Equivariant Encryption for ONNX models.
+
+    Folds secret permutations into a model's weights so an untrusted server
+    runs the unchanged graph on encrypted inputs, at the plain model's speed.
+
+    \b
+    Typical session:
+      eeonnx check   model.onnx                 # what would be encrypted
+      eeonnx compile model.onnx -o out/         # write the artifacts
+      eeonnx verify  model.onnx out/            # golden run on ONNX Runtime
+      eeonnx run     out/ --input x=x.npy       # encrypted inference
+    Ship out/server/model.onnx; keep out/client/ (it holds the key).
+    """
+    del debug
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str),
+              help="Artifact directory to write (server/ and client/).")
+@click.option("--key", type=click.Path(path_type=str),
+              help="Reuse this key.json (same key + same model = same artifact).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
+              help="Fix a symbolic input dim, e.g. --dim batch=1 (repeatable).")
+@click.option("--allow-clear", multiple=True, metavar="NAME",
+              help="Accept that this input/output travels unencrypted (repeatable).")
+@click.option("--strict", is_flag=True, help="Fail instead of pinning any weight axis to the identity.")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT (atomically).")
+@click.option("--verify/--no-verify", "do_verify", default=False, help="Run a golden check after writing.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def compile_cmd(model, out, key, dims, allow_clear, strict, force, do_verify, quiet):
+    """Compile MODEL into an encrypted server model plus client files.
+
+    \b
+    Example:
+      eeonnx compile models/cnn.onnx -o out/cnn
+    writes
+      out/cnn/server/model.onnx      ship this to the untrusted server
+      out/cnn/client/encode.onnx     inputs  -> server inputs
+      out/cnn/client/decode.onnx     server outputs -> outputs
+      out/cnn/client/key.json        the secret (mode 0600)
+      out/cnn/client/manifest.json   I/O mapping, layouts, coverage
+    """
+    from eeonnx import report
+    from eeonnx.api import compile as compile_model
+    from eeonnx.passes.verify import verify
+
+    t0 = time.perf_counter()
+    comp = compile_model(model, out, key=key, dims=_dims(dims), strict=strict, force=force,
+                         allow_clear=allow_clear)
+    if not quiet:
+        click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))
+    if do_verify:
+        errs = verify(model, out, dims=_dims(dims))
+        _print_errors(errs, 1e-4)
+
+
+def _print_errors(errs: dict[str, float], tol: float) -> None:
+    from eeonnx.errors import VerifyError
+
+    bad = []
+    for name, e in errs.items():
+        ok = e <= tol
+        click.echo(f"  {name}: max rel err {e:.2e} {'ok' if ok else 'MISMATCH'}")
+        if not ok:
+            bad.append(name)
+    if bad:
+        raise VerifyError(f"decoded outputs differ from the original: {', '.join(bad)}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--spec", is_flag=True, help="Print the layout of every initializer axis.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Fix a symbolic input dim.")
+def check(model, as_json, spec, dims):
+    """Report, without writing anything, what compile would do with MODEL.
+
+    Per op type: supported, pins (which node fixes which weight axis to the
+    identity, and why) or unsupported. --spec prints the PermutationSpec:
+    initializer -> layout per axis, where P is public, cN[n] a secret class of
+    size n, kron(...) a merged axis and cat(...) blocks side by side.
+
+    \b
+    Example:
+      eeonnx check models/cnn.onnx --spec
+    Exit code 2 when some op is not supported.
+    """
+    from eeonnx import report
+    from eeonnx.api import check as analyze
+
+    comp = analyze(model, dims=_dims(dims))
+    rep = report.check_report(comp)
+    if spec:
+        rep["spec"] = comp.spec()
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    else:
+        click.echo(report.check_text(rep))
+        if spec:
+            click.echo("\nlayout spec (initializer -> per-axis layout):")
+            click.echo(report.spec_text(rep["spec"]))
+    if not rep["compilable"]:
+        sys.exit(2)
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--trials", default=3, show_default=True, help="Random feeds to try.")
+@click.option("--tol", default=1e-4, show_default=True, help="Max relative error per output.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
+              help="Size of a symbolic dim in the random feeds (default 2).")
+def verify_cmd(model, out, trials, tol, dims):
+    """Check decode(server(encode(x))) == MODEL(x) on ONNX Runtime.
+
+    Runs the original and the encrypted pipeline on random inputs of the
+    declared shapes; prints the max relative error per output; exit 1 on a
+    mismatch.
+
+    \b
+    Example:
+      eeonnx verify models/cnn.onnx out/cnn --trials 5
+    """
+    from eeonnx.passes.verify import verify
+
+    errs = verify(model, out, trials=trials, dims=_dims(dims))
+    _print_errors(errs, tol)
+    click.echo(f"ok: {len(errs)} output(s) match within {tol:g}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", required=True,
+              help="An original input and the .npy file holding it (repeatable).")
+@click.option("--save", type=click.Path(file_okay=False, path_type=str),
+              help="Write each decoded output to DIR/NAME.npy.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the server model runs.")
+def run(out, inputs, save, provider):
+    """Encrypted inference from the client's side: encode, run the server model, decode.
+
+    \b
+    Example:
+      python -c "import numpy as np; np.save('x.npy', np.random.rand(1,3,32,32).astype('f4'))"
+      eeonnx run out/cnn --input image=x.npy --save results/
+    """
+    import numpy as np
+
+    from eeonnx import runtime
+    from eeonnx.api import Client, Server
+
+    feeds = {}
+    for item in inputs:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{item}': expected NAME=FILE.npy", param_hint="--input")
+        try:
+            feeds[name] = np.load(path)
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--input") from None
+    client = Client(out)
+    unknown = sorted(set(feeds) - set(client.input_names))
+    missing = sorted(set(client.input_names) - set(feeds))
+    if unknown or missing:
+        raise click.UsageError(f"model inputs are {client.input_names}; missing {missing}, unknown {unknown}")
+    providers = runtime.providers_for(None, None if provider == "auto" else provider)
+    server = Server(os.path.join(out, "server", "model.onnx"), providers)
+    t0 = time.perf_counter()
+    results = client.infer(server, feeds)
+    ms = (time.perf_counter() - t0) * 1000
+    for name, value in results.items():
+        click.echo(f"{name}: shape {list(value.shape)} {value.dtype}  "
+                   f"{np.array2string(value.reshape(-1)[:6], precision=4)}{' ...' if value.size > 6 else ''}")
+        if save:
+            os.makedirs(save, exist_ok=True)
+            np.save(os.path.join(save, f"{name}.npy"), value)
+    click.echo(f"(encode + server on {server.session.get_providers()[0]} + decode: {ms:.1f} ms)", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Human- and machine-readable reports of a Compilation (compile summary, check)."""
+from __future__ import annotations
+
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def class_summary(comp) -> str:
+    sizes = sorted((c.size for c in comp.classes.values()), reverse=True)
+    shown = ", ".join(map(str, sizes[:12])) + (", ..." if len(sizes) > 12 else "")
+    return f"{len(sizes)} secret axis classes (sizes {shown or '-'}), key space {comp.key_bits:.0f} bits"
+
+
+def pins_lines(comp) -> list[str]:
+    out = []
+    for p in comp.pins():
+        axes = ", ".join(p["axes"][:4]) + (f", +{len(p['axes']) - 4} more" if len(p["axes"]) > 4 else "")
+        out.append(f"node '{p['node']}' ({p['op_type']}): {p['reason']} -> pins {axes}")
+    return out
+
+
+def compile_summary(comp, out: str, seconds: float) -> str:
+    share = comp.permuted_bytes / comp.weight_bytes if comp.weight_bytes else 0.0
+    lines = [
+        f"compiled {comp.source} -> {out} in {seconds:.1f} s",
+        f"  {class_summary(comp)}",
+        f"  weights under a secret permutation: {share:.1%} "
+        f"({_bytes(comp.permuted_bytes)} of {_bytes(comp.weight_bytes)})",
+    ]
+    for title, items in (("input ", comp.inputs), ("output", comp.outputs)):
+        for c in items:
+            state = f"clear ({c.reason})" if c.clear else "layout " + " x ".join(c.layout)
+            lines.append(f"  {title} {c.name} {c.shape}: {state}")
+    pins = pins_lines(comp)
+    lines.append(f"  pinned axes: {len(pins) or 'none'}")
+    lines += [f"    {p}" for p in pins]
+    lines.append(f"  nodes: {len(comp.model.graph)} on the server ({comp.original_nodes} in the original)")
+    return "\n".join(lines)
+
+
+def check_report(comp) -> dict:
+    """Per op type: node count, status, and the nodes that pin or are unsupported."""
+    ops: dict[str, dict] = {}
+    for node in comp.model.graph:
+        key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+        ops.setdefault(key, {"count": 0, "status": "supported", "pins": [], "unsupported": []})
+        ops[key]["count"] += 1
+    for p in comp.pins():
+        e = ops.setdefault(p["op_type"], {"count": 0, "status": "supported", "pins": [], "unsupported": []})
+        e["pins"].append({"node": p["node"], "reason": p["reason"], "axes": p["axes"]})
+        e["status"] = "pins"
+    for node, why in comp.unsupported:
+        key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+        ops[key]["unsupported"].append({"node": node.name, "reason": why})
+        ops[key]["status"] = "unsupported"
+    return {
+        "model": comp.source,
+        "ops": dict(sorted(ops.items())),
+        "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)} for c in comp.classes.values()],
+        "key_bits": round(comp.key_bits, 1),
+        "compilable": not comp.unsupported,
+    }
+
+
+def check_text(report: dict) -> str:
+    lines = [f"{report['model']}: {'compilable' if report['compilable'] else 'NOT compilable'}, "
+             f"{len(report['classes'])} secret classes, key space {report['key_bits']:.0f} bits"]
+    width = max((len(k) for k in report["ops"]), default=8)
+    for op, e in report["ops"].items():
+        lines.append(f"  {op:<{width}} x{e['count']:<4} {e['status']}")
+        for p in e["pins"]:
+            lines.append(f"      pins at '{p['node']}': {p['reason']} ({', '.join(p['axes'][:3])})")
+        for u in e["unsupported"]:
+            lines.append(f"      unsupported at '{u['node']}': {u['reason']}")
+    return "\n".join(lines)
+
+
+def spec_text(spec: dict[str, list[str]]) -> str:
+    width = max((len(k) for k in spec), default=8)
+    return "\n".join(f"{name:<{width}}  [{', '.join(axes)}]" for name, axes in spec.items())
+
+
