@@ -23,6 +23,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from eeonnx.errors import ClearBoundaryError
+from eeonnx.passes import fold
 from eeonnx.passes.fold import axis_perms
 
 CLIENT_OPSET = 13
@@ -42,10 +43,16 @@ class Crossing:
     clear: bool = False
     reason: str = ""
     layout: list[str] = field(default_factory=list)
+    value_index: np.ndarray | None = None  # integer ids: the indexed axis's index array
+    value_layout: str = ""
 
     @property
     def secret_axes(self) -> list[int]:
         return [a for a, p in enumerate(self.index) if p is not None]
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.secret_axes) or self.value_index is not None
 
 
 def _dtype_name(v: ir.Value) -> str:
@@ -66,10 +73,19 @@ def crossings(comp, values: list[ir.Value], is_input: bool) -> list[Crossing]:
         index = axis_perms(terms, perms) if terms is not None else []
         c = Crossing(v.name, v.name, index, _dtype_name(v), _shape(v))
         c.layout = [comp.show(t) for t in terms] if terms is not None else []
-        if not c.secret_axes:
+        indexes_table = False
+        if an.has_slot(v):
+            slot = an.slot(v)
+            indexes_table = slot.root().term is not None
+            vt = an.values.secret_term(slot)
+            if vt is not None:
+                p = fold.axis_perms([vt], perms)[0]
+                if p is not None:
+                    c.value_index, c.value_layout = p, comp.show(vt)
+        if not c.encrypted:
             c.clear = True
             is_float = v.dtype is not None and v.dtype.is_floating_point()
-            if is_input and not is_float:
+            if is_input and not is_float and not indexes_table:
                 c.reason = "integer/boolean input that indexes no secret axis: public structure"
             elif v.name in comp.allow_clear:
                 c.reason = "allowed in the clear (--allow-clear)"
@@ -84,11 +100,20 @@ def crossings(comp, values: list[ir.Value], is_input: bool) -> list[Crossing]:
     return out
 
 
-def _gather_chain(name_in: str, name_out: str, index: list[np.ndarray | None], inverse: bool, tag: str):
+def _gather_chain(name_in: str, name_out: str, c: Crossing, inverse: bool, tag: str, dtype):
     nodes, inits = [], []
     cur = name_in
+    index = c.index
     steps = [(a, p) for a, p in enumerate(index) if p is not None]
-    if not steps:
+    if c.value_index is not None:
+        # ids -> argsort(p)[ids] on the way in; p[ids] on the way out
+        table = np.argsort(c.value_index) if not inverse else c.value_index
+        tname = f"{tag}_value_map"
+        inits.append(numpy_helper.from_array(table.astype(dtype), tname))
+        nxt = name_out if not steps else f"{tag}_mapped"
+        nodes.append(helper.make_node("Gather", [tname, cur], [nxt], axis=0, name=f"{tag}_map_values"))
+        cur = nxt
+    if not steps and c.value_index is None:
         return [helper.make_node("Identity", [cur], [name_out], name=f"{tag}_identity")], []
     for k, (axis, p) in enumerate(steps):
         idx = np.argsort(p).astype(np.int64) if inverse else p.astype(np.int64)
@@ -120,7 +145,8 @@ def build_client_graph(kind: str, items: list[Crossing], infos: dict[str, onnx.V
             src, dst = wire, c.name
             inputs.append(_value_info(wire, vi))
             outputs.append(_value_info(c.name, vi))
-        n, t = _gather_chain(src, dst, c.index, inverse=(kind == "decode"), tag=f"{kind}{i}")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        n, t = _gather_chain(src, dst, c, inverse=(kind == "decode"), tag=f"{kind}{i}", dtype=dtype)
         nodes += n
         inits += t
     graph = helper.make_graph(nodes, kind, inputs, outputs, initializer=inits)

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from eeonnx import layout as L
 from eeonnx import rules
 from eeonnx.passes.check import opset_of
+from eeonnx.values import Slot, ValueSolver
 
 
 class Analysis:
@@ -23,8 +24,10 @@ class Analysis:
 
     def __init__(self):
         self._terms: dict[ir.Value, list[L.Term]] = {}
+        self._slots: dict[ir.Value, Slot] = {}
         self.current: ir.Node | None = None
         self.unifier = L.Unifier(self._context)
+        self.values = ValueSolver(self.unifier)
 
     def _context(self) -> tuple[str, str]:
         n = self.current
@@ -39,6 +42,18 @@ class Analysis:
             t = [L.fresh(d if isinstance(d, int) else None) for d in dims]
             self._terms[value] = t
         return t
+
+    def slot(self, value: ir.Value) -> Slot:
+        """Value-layout slot of an integer tensor (constants are pinned: fixed values)."""
+        s = self._slots.get(value)
+        if s is None:
+            s = self._slots[value] = Slot()
+            if value.const_value is not None:
+                s.pinned = "constant indices"
+        return s
+
+    def has_slot(self, value: ir.Value) -> bool:
+        return value in self._slots
 
     def known(self, value: ir.Value) -> list[L.Term] | None:
         try:

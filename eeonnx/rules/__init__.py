@@ -89,6 +89,8 @@ class NodeView:
         self.opset = opset
         self._used_in: set[int] = set()
         self._used_out: set[int] = set()
+        self._values_in: set[int] = set()
+        self._values_out: set[int] = set()
 
     # -- structure -----------------------------------------------------------
     @property
@@ -160,6 +162,25 @@ class NodeView:
             return None if c is None else [int(v) for v in np.asarray(c).reshape(-1)]
         return None
 
+    # -- value layouts (integer tensors whose values index an axis) ------------
+    def is_int(self, value: ir.Value | None) -> bool:
+        return value is not None and value.dtype is not None and value.dtype.is_integer()
+
+    def flow(self, i: int, o: int) -> None:
+        """Output o's integer values are input i's values, rearranged (not computed)."""
+        vi, vo = self.node.inputs[i], self.node.outputs[o]
+        if self.is_int(vi) and self.is_int(vo):
+            self._values_in.add(i)
+            self._values_out.add(o)
+            sv = self.analysis.values
+            sv.merge(self.analysis.slot(vi), self.analysis.slot(vo), f"{self.node.op_type}: index values")
+
+    def index(self, i: int, term: L.Term) -> None:
+        """Input i's values are positions on an axis with layout ``term``."""
+        self._values_in.add(i)
+        self.analysis.values.bind(self.analysis.slot(self.node.inputs[i]), term,
+                                  f"{self.node.op_type}: indexed tables do not match")
+
     # -- equations -----------------------------------------------------------
     def unify(self, a: L.Term, b: L.Term, why: str | None = None) -> None:
         self.analysis.unifier.unify(a, b, why or f"{self.node.op_type}: layouts cannot be matched")
@@ -179,7 +200,15 @@ class NodeView:
             self.analysis.unifier.pin(t, "positional", report=False)
 
     def finish(self) -> None:
-        """Pin every input/output the rule did not declare as data (control tensors)."""
+        """Pin every input/output the rule did not declare as data (control tensors),
+        and the values of every integer input/output whose values it did not route."""
+        why = f"{self.node.op_type}: reads index values as numbers"
+        for i, v in enumerate(self.node.inputs):
+            if i not in self._values_in and self.is_int(v):
+                self.analysis.values.pin(self.analysis.slot(v), why)
+        for i, v in enumerate(self.node.outputs):
+            if i not in self._values_out and self.is_int(v):
+                self.analysis.values.pin(self.analysis.slot(v), why)
         for i, v in enumerate(self.node.inputs):
             if v is not None and i not in self._used_in and v.shape is not None:
                 for t in self.analysis.terms(v):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from eeonnx.rules import NodeView, rule
 
+VALUE_PRESERVING = ("Identity", "Cast", "CastLike")  # integer values pass unchanged
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
     "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg",
@@ -30,6 +31,8 @@ def unary(n: NodeView) -> None:
     for i in range(n.n_out):
         if n.has_out(i):
             n.tie(x, n.y(i))
+    if n.node.op_type in VALUE_PRESERVING:
+        n.flow(0, 0)
 
 
 def broadcast(n: NodeView, inputs: list[int], output: int = 0) -> None:
@@ -55,11 +58,17 @@ BINARY = (
 
 @rule(*BINARY)
 def elementwise(n: NodeView) -> None:
-    """Broadcasting elementwise op (variadic Sum/Max/Min/Mean, ternary Where)."""
+    """Broadcasting elementwise op (variadic Sum/Max/Min/Mean, ternary Where).
+
+    Where selects integer values without computing on them: they flow through."""
     broadcast(n, list(range(n.n_in)))
+    if n.node.op_type == "Where":
+        n.flow(1, 0)
+        n.flow(2, 0)
 
 
 @rule("Expand")
 def expand(n: NodeView) -> None:
     """Broadcast input 0 to the shape given by input 1 (a control tensor)."""
     broadcast(n, [0])
+    n.flow(0, 0)

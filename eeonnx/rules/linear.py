@@ -45,3 +45,58 @@ def matmul(n: NodeView) -> None:
             if dims[k] == 1 and yb_dims[off + k] != 1:
                 continue
             n.unify(t, y_batch[off + k])
+
+
+def _einsum_terms(spec: str, rank: int) -> list[str]:
+    """Axis letters of one operand, with '...' expanded to numbered batch letters."""
+    if "..." not in spec:
+        return list(spec)
+    head, tail = spec.split("...")
+    n_ell = rank - len(head) - len(tail)
+    return list(head) + [f"...{k}" for k in range(n_ell)] + list(tail)
+
+
+@rule("Einsum")
+def einsum(n: NodeView) -> None:
+    """Every letter is one axis class: all axes with the same letter are tied.
+
+    Summed letters carry the same permutation in every operand (a contraction
+    is invariant to it); a letter repeated inside one operand (a diagonal)
+    ties those axes together too. Ellipsis axes align from the right.
+    """
+    eq = n.attr("equation")
+    eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    specs = lhs.split(",")
+    letters: dict[str, object] = {}
+    max_ell = 0
+    operands = []
+    for i, spec in enumerate(specs):
+        x, d = n.x(i), n.dims(i)
+        names = _einsum_terms(spec, len(x))
+        n_ell = sum(1 for s in names if s.startswith("..."))
+        max_ell = max(max_ell, n_ell)
+        operands.append((x, d, names, n_ell))
+    for x, d, names, n_ell in operands:
+        for t, size, name in zip(x, d, names):
+            if name.startswith("..."):
+                # right-align ellipsis axes across operands
+                name = f"...{int(name[3:]) + max_ell - n_ell}"
+                if size == 1 and max_ell > 0:
+                    continue  # broadcast
+            if name in letters:
+                n.unify(letters[name], t)
+            else:
+                letters[name] = t
+    if not rhs and "->" not in eq:
+        rhs = "".join(sorted(c for c in set(lhs.replace(",", "").replace(".", "")) if lhs.count(c) == 1))
+        if "..." in lhs:
+            rhs = "..." + rhs
+    y = n.y(0)
+    for t, name in zip(y, _einsum_terms(rhs, len(y))):
+        if name.startswith("..."):
+            name = f"...{int(name[3:]) + max_ell - (len(y) - len(rhs.replace('...', '')))}"
+        if name in letters:
+            n.unify(letters[name], t)
+        else:
+            n.public(t)

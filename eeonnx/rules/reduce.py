@@ -25,3 +25,19 @@ def reduce(n: NodeView) -> None:
         n.tie(keep, [t for k, t in enumerate(y) if k not in reduced])
     else:
         n.tie(keep, y)
+
+
+@rule("LayerNormalization")
+def layer_norm(n: NodeView) -> None:
+    """Normalises over axes [axis:] (symmetric statistics): Y follows X, Scale and
+    B broadcast onto the normalised axes, Mean/InvStdDev keep the leading axes."""
+    from eeonnx.rules.elementwise import broadcast
+
+    x, y = n.x(0), n.y(0)
+    n.tie(x, y)
+    broadcast(n, [1, 2])
+    axis = int(n.attr("axis", -1)) % len(x)
+    for i in (1, 2):
+        if n.has_out(i):
+            stat = n.y(i)
+            n.tie(x[:axis], stat[:axis])

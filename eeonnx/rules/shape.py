@@ -101,6 +101,7 @@ def merge(n: NodeView, xs: list[L.Term], ys: list[L.Term], in_dims: list, out_di
 def reshape(n: NodeView) -> None:
     """Merges and splits axes: Kron layouts, refined where a secret axis splits."""
     merge(n, n.x(0), n.y(0), n.dims(0), n.out_dims(0))
+    n.flow(0, 0)
 
 
 @rule("Flatten")
@@ -115,6 +116,7 @@ def flatten(n: NodeView) -> None:
                 n.pin(t, "axis merged with a symbolic dim")
         else:
             n.unify(L.kron(*xs) if xs else L.Public(1), y[out_axis])
+    n.flow(0, 0)
 
 
 @rule("Transpose")
@@ -124,6 +126,7 @@ def transpose(n: NodeView) -> None:
     perm = n.ints("perm") or list(reversed(range(len(x))))
     for i, p in enumerate(perm):
         n.unify(y[i], x[p])
+    n.flow(0, 0)
 
 
 @rule("Squeeze")
@@ -133,6 +136,7 @@ def squeeze(n: NodeView) -> None:
     axes = n.ints("axes", 1)
     drop = {a % len(x) for a in axes} if axes else {k for k, s in enumerate(d) if s == 1}
     n.tie([t for k, t in enumerate(x) if k not in drop], y)
+    n.flow(0, 0)
 
 
 @rule("Unsqueeze")
@@ -141,6 +145,7 @@ def unsqueeze(n: NodeView) -> None:
     x, y = n.x(0), n.y(0)
     axes = {a % len(y) for a in n.ints("axes", 1)}
     n.tie(x, [t for k, t in enumerate(y) if k not in axes])
+    n.flow(0, 0)
 
 
 @rule("Concat")
@@ -157,6 +162,7 @@ def concat(n: NodeView) -> None:
             if k != axis:
                 n.unify(x[k], y[k])
         parts.append(x[axis])
+        n.flow(i, 0)
     n.unify(y[axis], L.cat(*parts), "Concat: block of unknown size")
 
 
@@ -172,6 +178,7 @@ def split(n: NodeView) -> None:
             if k != axis:
                 n.unify(x[k], y[k])
         parts.append(y[axis])
+        n.flow(0, i)
     n.unify(x[axis], L.cat(*parts), "Split: block of unknown size")
 
 
@@ -179,6 +186,7 @@ def split(n: NodeView) -> None:
 def slice_(n: NodeView) -> None:
     """A unit-step slice keeps a block: X.axis = Cat(before, Y.axis, after)."""
     x, y, d = n.x(0), n.y(0), n.dims(0)
+    n.flow(0, 0)
     starts, ends = n.ints("starts", 1), n.ints("ends", 2)
     axes = n.ints("axes", 3)
     steps = n.ints("__steps__", 4) if n.has(4) else None
@@ -212,15 +220,17 @@ def slice_(n: NodeView) -> None:
 
 @rule("Gather")
 def gather(n: NodeView) -> None:
-    """Picks positions on one axis: that axis is pinned, the others follow.
+    """Picks positions on one axis; the other axes follow.
 
-    (Index inputs that carry an axis's layout on their values, such as token
-    ids, are handled by the value-layout analysis; here indices are public.)
+    The indices' values are positions on the gathered axis: they carry its
+    layout (token ids into a permuted embedding table are mapped by encode).
+    Constant indices, or indices computed arithmetically, pin that axis.
     """
     x, idx, y = n.x(0), n.x(1), n.y(0)
     axis = int(n.attr("axis", 0)) % len(x)
-    n.pin(x[axis], "gathered axis (positions are read)")
-    n.tie(x[:axis] + x[axis + 1 :], y[:axis] + y[axis + len(idx) + 1 :])
+    n.index(1, x[axis])
+    n.flow(0, 0)
+    n.tie(x[:axis] + x[axis + 1 :], y[:axis] + y[axis + len(idx) :])
     for a, b in zip(idx, y[axis : axis + len(idx)]):
         n.unify(a, b)
     n.public(*idx)
@@ -241,3 +251,41 @@ def constant(n: NodeView) -> None:
     n.public(*n.y(0))
 
 
+
+
+@rule("Tile")
+def tile(n: NodeView) -> None:
+    """Repeating an axis r times lays r copies side by side: Y.axis = Cat(X.axis, ...)."""
+    x, y = n.x(0), n.y(0)
+    n.flow(0, 0)
+    reps = n.const(1)
+    if reps is None:
+        for a, b in zip(x, y):
+            n.pin(a, "repeats are not constant")
+            n.pin(b, "repeats are not constant")
+        return
+    for k, r in enumerate(reps.reshape(-1).tolist()):
+        n.unify(y[k], x[k] if r == 1 else L.cat(*([x[k]] * int(r))), "Tile: repeated axis")
+
+
+@rule("Trilu")
+def trilu(n: NodeView) -> None:
+    """Keeps a triangle of the last two axes (positional); leading axes follow."""
+    x, y = n.x(0), n.y(0)
+    n.tie(x[:-2], y[:-2])
+    for a, b in zip(x[-2:], y[-2:]):
+        n.pin(a, "triangle of a matrix depends on positions")
+        n.unify(a, b)
+
+
+@rule("CumSum")
+def cumsum(n: NodeView) -> None:
+    """A running sum along one axis depends on its order: that axis is pinned."""
+    x, y = n.x(0), n.y(0)
+    n.tie(x, y)
+    axis = n.const(1)
+    if axis is None:
+        for t in x:
+            n.pin(t, "axis is not constant")
+        return
+    n.pin(x[int(axis.reshape(-1)[0]) % len(x)], "running sum depends on order")

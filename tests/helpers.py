@@ -1,0 +1,401 @@
+"""Test harness: build tiny ONNX models, compile them, run the artifact, check what must hold.
+
+``roundtrip(model, tmp_path)`` is the main entry point: it saves the model, compiles
+it with ``eeonnx.compile``, runs the original and encode -> server -> decode on
+onnxruntime (CPU) with random inputs, and asserts
+
+- decoded outputs equal the original's (relative to the output's largest value),
+- encode changes every float input (and only permutes its values),
+- no server output equals its decoded output (and decode only permutes values),
+- at least one server initializer differs byte-wise from the original, and every
+  server initializer that has an original namesake holds the same values (permuted),
+- the server graph is the normalized model's graph: same nodes, op types, attributes,
+- the artifact contract on names: encode in/out, server in/out and decode in/out line up.
+
+It returns the :class:`eeonnx.pipeline.Compilation` for further asserts (``.spec()``,
+``.pins()``, ``.classes``, ``.key_bits``).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+import eeonnx
+
+CPU = ["CPUExecutionProvider"]
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+BOOL = TensorProto.BOOL
+
+
+# --------------------------------------------------------------------------
+# model building
+# --------------------------------------------------------------------------
+class G:
+    """A tiny graph builder on top of ``onnx.helper``.
+
+    Weights are initializers with random values from a seeded generator, so a
+    builder call is deterministic. ``build()`` fills in output shapes by ONNX
+    shape inference (or one onnxruntime run when inference cannot tell).
+    """
+
+    def __init__(self, opset: int = 13, seed: int = 0, ir_version: int | None = None):
+        self.opset = opset
+        self.ir_version = ir_version
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._count = itertools.count()
+
+    # -- values ------------------------------------------------------------
+    def const(self, name: str, array) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def w(self, name: str, shape, scale: float | None = None, offset: float = 0.0) -> str:
+        """A random float32 weight (standard normal scaled by 1/sqrt(fan-in))."""
+        shape = list(shape)
+        if scale is None:
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
+            scale = 1.0 / np.sqrt(max(fan_in, 1))
+        a = offset + scale * self.rng.standard_normal(shape)
+        return self.const(name, a.astype(np.float32))
+
+    def ints(self, name: str, values) -> str:
+        return self.const(name, np.array(values, dtype=np.int64))
+
+    def floats(self, name: str, values) -> str:
+        return self.const(name, np.array(values, dtype=np.float32))
+
+    def input(self, name: str, shape, elem: int = FLOAT) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, name: str, elem: int = FLOAT, shape=None) -> str:
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    # -- nodes -------------------------------------------------------------
+    def node(self, op: str, inputs, outputs=None, *, name: str | None = None, n_out: int = 1,
+             domain: str = "", **attrs):
+        """Add a node; returns its output name (or the list of names when n_out > 1)."""
+        name = name or f"{op.lower()}{next(self._count)}"
+        if outputs is None:
+            outputs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+        elif isinstance(outputs, str):
+            outputs = [outputs]
+        self.nodes.append(helper.make_node(op, list(inputs), list(outputs), name=name,
+                                           domain=domain or None, **attrs))
+        return outputs[0] if len(outputs) == 1 else list(outputs)
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 1, *, nd: int = 2, name: str,
+             bias: bool = True, group: int = 1, outputs=None, **attrs) -> str:
+        """Conv with weight ``{name}.w`` [cout, cin/group, k...] and bias ``{name}.b`` [cout]."""
+        ks = [k] * nd
+        w = self.w(f"{name}.w", [cout, cin // group] + ks)
+        ins = [x, w] + ([self.w(f"{name}.b", [cout], 0.1)] if bias else [])
+        attrs.setdefault("pads", [(k - 1) // 2] * (2 * nd))
+        return self.node("Conv", ins, outputs, name=name, kernel_shape=ks, group=group, **attrs)
+
+    # -- model -------------------------------------------------------------
+    def build(self, extra_opsets=()) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "test", self.inputs, self.outputs, self.inits)
+        opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
+        m = helper.make_model(graph, opset_imports=opsets, producer_name="eeonnx-tests")
+        m.ir_version = self.ir_version or _ir_for(self.opset)
+        return fill_output_shapes(m)
+
+
+def _ir_for(opset: int) -> int:
+    """The lowest IR version that onnxruntime accepts for an opset."""
+    return {7: 3, 8: 3, 9: 4, 10: 5, 11: 6, 12: 7, 13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8,
+            19: 9, 20: 9, 21: 10}.get(opset, 3 if opset < 7 else 10)
+
+
+def fill_output_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """Declare output shapes the builder left open (shape inference, else one ORT run)."""
+    missing = [o for o in m.graph.output if not o.type.tensor_type.HasField("shape")]
+    if not missing:
+        return m
+    try:
+        inferred = {o.name: o for o in shape_inference.infer_shapes(m).graph.output}
+    except Exception:  # noqa: BLE001 - custom domains etc.
+        inferred = {}
+    todo = []
+    for o in missing:
+        io = inferred.get(o.name)
+        if io is not None and io.type.tensor_type.HasField("shape") and all(
+                d.HasField("dim_value") or d.dim_param for d in io.type.tensor_type.shape.dim):
+            o.type.CopyFrom(io.type)
+        else:
+            todo.append(o)
+    if todo:
+        try:
+            res = run_original(m, random_feeds(m))
+        except Exception:  # noqa: BLE001 - leave the shape open
+            return m
+        for o in todo:
+            idx = [x.name for x in m.graph.output].index(o.name)
+            shape = list(res[idx].shape)
+            o.type.tensor_type.shape.Clear()
+            for d in shape:
+                o.type.tensor_type.shape.dim.add().dim_value = d
+    return m
+
+
+def sandwich(body, *, cin: int = 3, mid: int = 8, cout: int = 4, hw=(4, 4), opset: int = 13,
+             seed: int = 0, k2: int = 1) -> onnx.ModelProto:
+    """x [1, cin, *hw] -> Conv(conv1: cin->mid, 1x1) -> body -> Conv(conv2: ->cout) -> y.
+
+    ``body(g, a)`` gets the builder and the name of conv1's output [1, mid, *hw] and
+    returns ``(name, channels)`` of its result, a rank-(2+len(hw)) NC* tensor.
+    Weights: conv1.w [mid, cin, 1..], conv1.b [mid], conv2.w [cout, channels, ...], conv2.b.
+    """
+    g = G(opset=opset, seed=seed)
+    nd = len(hw)
+    g.input("x", [1, cin, *hw])
+    a = g.conv("x", cin, mid, 1, nd=nd, name="conv1")
+    b, c = body(g, a)
+    g.conv(b, c, cout, k2, nd=nd, name="conv2", outputs="y")
+    g.output("y")
+    return g.build()
+
+
+# --------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------
+_NP = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
+       TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT8: np.int8,
+       TensorProto.UINT8: np.uint8, TensorProto.BOOL: np.bool_}
+
+
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def random_feeds(model: onnx.ModelProto, dims: dict | None = None, seed: int = 0) -> dict:
+    """float: standard normal; integers: 0..3; bool: fair coin. Symbolic dims from ``dims`` else 2."""
+    rng = np.random.default_rng(seed)
+    dims = dims or {}
+    feeds = {}
+    for vi in real_inputs(model):
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else int(dims.get(d.dim_param, 2)) for d in tt.shape.dim]
+        dt = _NP[tt.elem_type]
+        if np.issubdtype(dt, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dt)
+        elif dt == np.bool_:
+            feeds[vi.name] = rng.random(shape) < 0.5
+        else:
+            feeds[vi.name] = rng.integers(0, 3, shape).astype(dt)
+    return feeds
+
+
+def _options() -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return so
+
+
+def run_original(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), _options(), providers=CPU)
+    return sess.run(None, feeds)
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4, what: str = "") -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    if not np.issubdtype(want.dtype, np.floating):
+        assert np.array_equal(got, want), f"{what}: integer/bool values differ"
+        return
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan), f"{what}: NaN positions differ"
+    g, w = got[~nan].astype(np.float64), want[~nan].astype(np.float64)
+    if w.size == 0:
+        return
+    inf = ~np.isfinite(w)
+    assert np.array_equal(g[inf], w[inf]), f"{what}: infinities differ"
+    g, w = g[~inf], w[~inf]
+    if w.size == 0:
+        return
+    scale = max(float(np.abs(w).max()), 1e-3)
+    err = float(np.abs(g - w).max())
+    assert err <= rtol * scale, f"{what}: max abs error {err:.3g} > {rtol:g} * {scale:.3g}"
+
+
+def _same_multiset(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.shape != b.shape:
+        return False
+    if np.issubdtype(a.dtype, np.floating):
+        return np.array_equal(np.sort(a), np.sort(b), equal_nan=True)
+    return np.array_equal(np.sort(a), np.sort(b))
+
+
+def original_tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node values of the original model, by name."""
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def normalized_proto(model: onnx.ModelProto, dims=None) -> onnx.ModelProto:
+    """The original model after eeonnx's normalize pass (independently of a compile)."""
+    from eeonnx.passes import load, normalize
+
+    m = load.load_model(copy.deepcopy(model))
+    normalize.NormalizePass(dims)(m)
+    return ir.serde.serialize_model(m)
+
+
+def _types(vis) -> list[int]:
+    return [v.type.tensor_type.elem_type for v in vis]
+
+
+def _node_sig(n: onnx.NodeProto):
+    return (n.op_type, n.domain or "", sorted((a.name, a.SerializeToString()) for a in n.attribute))
+
+
+@dataclass
+class Roundtrip:
+    comp: object
+    out: Path
+    feeds: dict
+    reference: dict  # original output name -> array (the original model's outputs)
+    encoded: dict  # server input name -> array
+    server: dict  # server output name -> array
+    decoded: dict  # original output name -> array
+    manifest: dict
+
+
+def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: float = 1e-4,
+              seed: int = 0, full: bool = False, **compile_kw):
+    """Compile ``model`` into ``tmp_path/out`` and check the artifact (see the module docstring).
+
+    Returns the Compilation, or a :class:`Roundtrip` with every array when ``full``.
+    """
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / "model.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "out"
+    comp = eeonnx.compile(src, out, dims=dims, **compile_kw)
+    allow_clear = set(compile_kw.get("allow_clear", ()))
+
+    if feeds is None:
+        feeds = random_feeds(model, dims, seed)
+    ref_list = run_original(model, feeds)
+    ref = {o.name: r for o, r in zip(model.graph.output, ref_list)}
+
+    client = eeonnx.Client(out)
+    server = eeonnx.Server(out / "server" / "model.onnx", providers=CPU)
+    manifest = client.manifest
+    with open(out / "client" / "manifest.json", encoding="utf-8") as f:
+        assert json.load(f) == manifest
+
+    # -- artifact contract on names and order --------------------------------
+    enc_proto = onnx.load(out / "client" / "encode.onnx")
+    dec_proto = onnx.load(out / "client" / "decode.onnx")
+    srv_proto = onnx.load(out / "server" / "model.onnx")
+    orig_in = real_inputs(model)
+    assert [i.name for i in enc_proto.graph.input] == [i.name for i in orig_in]
+    assert [i.type.tensor_type.elem_type for i in enc_proto.graph.input] == \
+        [i.type.tensor_type.elem_type for i in orig_in]
+    # encode outputs line up with server inputs, server outputs with decode inputs, by
+    # position (a graph cannot use one name as input and output, so names may differ)
+    srv_inputs = real_inputs(srv_proto)
+    assert [i.name for i in srv_inputs] == server.input_names
+    assert [o.name for o in srv_proto.graph.output] == server.output_names
+    assert _types(enc_proto.graph.output) == _types(srv_inputs)
+    assert _types(srv_proto.graph.output) == _types(dec_proto.graph.input)
+    assert [c["wire_name"] for c in manifest["inputs"]] == server.input_names
+    assert [c["wire_name"] for c in manifest["outputs"]] == server.output_names
+    assert [o.name for o in dec_proto.graph.output] == [o.name for o in model.graph.output]
+    assert [o.type.tensor_type.elem_type for o in dec_proto.graph.output] == \
+        [o.type.tensor_type.elem_type for o in model.graph.output]
+
+    # -- exactness -------------------------------------------------------------
+    encoded = client.encode(feeds)
+    served = server.run(encoded)
+    decoded = client.decode(served)
+    assert set(decoded) == set(ref)
+    for name, want in ref.items():
+        assert_close(decoded[name], want, rtol, what=f"output '{name}'")
+
+    # -- honesty: nothing crosses the wire in the clear ----------------------------
+    wire_in = {c["name"]: c["wire_name"] for c in manifest["inputs"]}
+    for vi in orig_in:
+        x, e = np.asarray(feeds[vi.name]), encoded[wire_in[vi.name]]
+        assert e.shape == x.shape and e.dtype == x.dtype
+        if np.issubdtype(x.dtype, np.floating) and vi.name not in allow_clear:
+            assert not np.array_equal(e, x), f"input '{vi.name}' reaches the server unchanged"
+            assert _same_multiset(e, x), f"encode of '{vi.name}' is not a permutation of its values"
+    wire_out = {c["name"]: c["wire_name"] for c in manifest["outputs"]}
+    for name, d in decoded.items():
+        s = served[wire_out[name]]
+        if name not in allow_clear:
+            assert not np.array_equal(s, d), f"output '{name}' leaves the server in the clear"
+        assert _same_multiset(s, d), f"decode of '{name}' is not a permutation of its values"
+
+    # -- the weights are permuted, only permuted --------------------------------
+    orig_t = original_tensors(model)
+    changed = []
+    for t in srv_proto.graph.initializer:
+        if t.name not in orig_t:
+            continue
+        s, o = numpy_helper.to_array(t), orig_t[t.name]
+        assert s.shape == o.shape and s.dtype == o.dtype, f"initializer '{t.name}' changed shape/dtype"
+        assert _same_multiset(s, o), f"initializer '{t.name}' holds other values than the original"
+        if s.tobytes() != o.tobytes():
+            changed.append(t.name)
+    assert changed, "no server initializer differs from the original"
+
+    # -- same graph as the normalized model --------------------------------------
+    norm = normalized_proto(model, dims)
+    assert len(srv_proto.graph.node) == len(norm.graph.node)
+    assert Counter(n.op_type for n in srv_proto.graph.node) == Counter(n.op_type for n in norm.graph.node)
+    assert [_node_sig(n) for n in srv_proto.graph.node] == [_node_sig(n) for n in norm.graph.node]
+    assert manifest["nodes"]["server"] == len(srv_proto.graph.node)
+
+    if full:
+        return Roundtrip(comp, out, feeds, ref, encoded, served, decoded, manifest)
+    return comp
+
+
+# --------------------------------------------------------------------------
+# spec helpers
+# --------------------------------------------------------------------------
+_CLASS = re.compile(r"\bc\d+\b")
+
+
+def classes_of(layout: str) -> set[str]:
+    """Secret class names in one axis layout string of ``Compilation.spec()``."""
+    return set(_CLASS.findall(layout))
+
+
+def is_secret(layout: str) -> bool:
+    return bool(classes_of(layout))
+
+
+def pinned_nodes(comp) -> set[str]:
+    return {p["node"] for p in comp.pins()}
