@@ -59,18 +59,37 @@ def check_report(comp) -> dict:
         key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
         ops[key]["unsupported"].append({"node": node.name, "reason": why})
         ops[key]["status"] = "unsupported"
+    from eeonnx.passes.boundary import crossings
+
+    def wire(items):
+        return [{"name": c.name, "shape": c.shape, "layout": c.layout,
+                 **({"value_layout": c.value_layout} if c.value_layout else {}),
+                 "clear": c.clear, **({"reason": c.reason} if c.clear else {})} for c in items]
+
+    inputs = crossings(comp, list(comp.model.graph.inputs), is_input=True)
+    outputs = crossings(comp, list(comp.model.graph.outputs), is_input=False)
+    refused = [c.name for c in inputs + outputs if c.refused]
     return {
         "model": comp.source,
+        "inputs": wire(inputs),
+        "outputs": wire(outputs),
+        "refused_clear": refused,
         "ops": dict(sorted(ops.items())),
         "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)} for c in comp.classes.values()],
         "key_bits": round(comp.key_bits, 1),
-        "compilable": not comp.unsupported,
+        "compilable": not comp.unsupported and not refused,
     }
 
 
 def check_text(report: dict) -> str:
     lines = [f"{report['model']}: {'compilable' if report['compilable'] else 'NOT compilable'}, "
              f"{len(report['classes'])} secret classes, key space {report['key_bits']:.0f} bits"]
+    for kind in ("inputs", "outputs"):
+        for c in report[kind]:
+            state = "CLEAR: " + c["reason"] if c["clear"] else "layout " + " x ".join(c["layout"])
+            if c.get("value_layout"):
+                state += f" (values: {c['value_layout']})"
+            lines.append(f"  {kind[:-1]} {c['name']} {c['shape']}: {state}")
     width = max((len(k) for k in report["ops"]), default=8)
     for op, e in report["ops"].items():
         lines.append(f"  {op:<{width}} x{e['count']:<4} {e['status']}")

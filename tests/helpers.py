@@ -51,8 +51,9 @@ class G:
     shape inference (or one onnxruntime run when inference cannot tell).
     """
 
-    def __init__(self, opset: int = 13, seed: int = 0, ir_version: int | None = None):
+    def __init__(self, opset: int = 13, seed: int = 0, ir_version: int | None = None, check: bool = True):
         self.opset = opset
+        self.check = check
         self.ir_version = ir_version
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
@@ -113,11 +114,18 @@ class G:
 
     # -- model -------------------------------------------------------------
     def build(self, extra_opsets=()) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "test", self.inputs, self.outputs, self.inits)
+        ir_version = self.ir_version or _ir_for(self.opset)
+        inputs = list(self.inputs)
+        if ir_version < 4:  # IR 3: every initializer is also a graph input
+            inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in self.inits]
+        graph = helper.make_graph(self.nodes, "test", inputs, self.outputs, self.inits)
         opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
         m = helper.make_model(graph, opset_imports=opsets, producer_name="eeonnx-tests")
-        m.ir_version = self.ir_version or _ir_for(self.opset)
-        return fill_output_shapes(m)
+        m.ir_version = ir_version
+        m = fill_output_shapes(m)
+        if self.check:
+            onnx.checker.check_model(m, full_check=True)
+        return m
 
 
 def _ir_for(opset: int) -> int:
@@ -318,7 +326,8 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     dec_proto = onnx.load(out / "client" / "decode.onnx")
     srv_proto = onnx.load(out / "server" / "model.onnx")
     orig_in = real_inputs(model)
-    assert [i.name for i in enc_proto.graph.input] == [i.name for i in orig_in]
+    assert [i.name for i in enc_proto.graph.input] == [i.name for i in orig_in], \
+        f"encode inputs {[i.name for i in enc_proto.graph.input]} are not the model's inputs"
     assert [i.type.tensor_type.elem_type for i in enc_proto.graph.input] == \
         [i.type.tensor_type.elem_type for i in orig_in]
     # encode outputs line up with server inputs, server outputs with decode inputs, by
@@ -344,12 +353,19 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
 
     # -- honesty: nothing crosses the wire in the clear ----------------------------
     wire_in = {c["name"]: c["wire_name"] for c in manifest["inputs"]}
+    wire_value_mapped = {c["name"]: "value_layout" in c for c in manifest["inputs"]}
     for vi in orig_in:
         x, e = np.asarray(feeds[vi.name]), encoded[wire_in[vi.name]]
         assert e.shape == x.shape and e.dtype == x.dtype
         if np.issubdtype(x.dtype, np.floating) and vi.name not in allow_clear:
             assert not np.array_equal(e, x), f"input '{vi.name}' reaches the server unchanged"
             assert _same_multiset(e, x), f"encode of '{vi.name}' is not a permutation of its values"
+        if wire_value_mapped.get(vi.name):
+            # integer ids mapped by value: a bijection on the values that occur
+            assert not np.array_equal(e, x), f"ids '{vi.name}' reach the server unchanged"
+            pairs = set(zip(x.ravel().tolist(), e.ravel().tolist()))
+            assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs}), \
+                f"value map of '{vi.name}' is not a bijection"
     wire_out = {c["name"]: c["wire_name"] for c in manifest["outputs"]}
     for name, d in decoded.items():
         s = served[wire_out[name]]

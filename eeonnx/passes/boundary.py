@@ -41,6 +41,7 @@ class Crossing:
     dtype: str
     shape: list
     clear: bool = False
+    refused: bool = False  # content that would travel in the clear
     reason: str = ""
     layout: list[str] = field(default_factory=list)
     value_index: np.ndarray | None = None  # integer ids: the indexed axis's index array
@@ -90,14 +91,19 @@ def crossings(comp, values: list[ir.Value], is_input: bool) -> list[Crossing]:
             elif v.name in comp.allow_clear:
                 c.reason = "allowed in the clear (--allow-clear)"
             else:
-                kind = "input" if is_input else "output"
-                why = "its shape is unknown" if terms is None else "no secret axis reaches it"
-                raise ClearBoundaryError(
-                    f"{kind} '{v.name}' {_shape(v)} would travel in the clear: {why}. "
-                    f"Pass --allow-clear {v.name} to accept that"
-                )
+                c.refused = True
+                c.reason = "its shape is unknown" if terms is None else "no secret axis reaches it"
         out.append(c)
     return out
+
+
+def refuse_clear(items: list[Crossing], kind: str) -> None:
+    for c in items:
+        if c.refused:
+            raise ClearBoundaryError(
+                f"{kind} '{c.name}' {c.shape} would travel in the clear: {c.reason}. "
+                f"Pass --allow-clear {c.name} to accept that"
+            )
 
 
 def _gather_chain(name_in: str, name_out: str, c: Crossing, inverse: bool, tag: str, dtype):
@@ -173,6 +179,8 @@ class BoundaryPass:
         comp = self.comp
         comp.inputs = crossings(comp, list(model.graph.inputs), is_input=True)
         comp.outputs = crossings(comp, list(model.graph.outputs), is_input=False)
+        refuse_clear(comp.inputs, "input")
+        refuse_clear(comp.outputs, "output")
         infos = comp.original_infos
         comp.encode_model = build_client_graph("encode", comp.inputs, infos)
         comp.decode_model = build_client_graph("decode", comp.outputs, infos)

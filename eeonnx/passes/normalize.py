@@ -78,27 +78,41 @@ def _fix_dims(model: ir.Model, dims: dict[str, int]) -> None:
                 o.shape = None
 
 
+def _is_unknown_dim(d) -> bool:
+    return isinstance(d, ir.SymbolicDim) and (d.value is None or d.value.startswith("unk__"))
+
+
 def _unknown(model: ir.Model) -> list[ir.Value]:
     out = []
     for node in model.graph:
         for o in node.outputs:
-            if o.shape is None or any(
-                isinstance(d, ir.SymbolicDim) and d.value is None for d in o.shape
-            ):
+            if o.shape is None or any(_is_unknown_dim(d) for d in o.shape):
                 out.append(o)
     return out
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference with data propagation, then onnxruntime's symbolic inference."""
+    """Shapes for every value: onnxruntime's symbolic inference first (it names
+    derived dims, e.g. ``batch*seq``, and resolves shape arithmetic), ONNX's
+    own inference for what it cannot do (unknown ops)."""
     common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    if not _unknown(model):
-        return
+    symbolic = _ort_symbolic_shapes(model)
+    for node in model.graph:
+        for o in node.outputs:
+            dims = symbolic.get(o.name)
+            if dims is None or any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in dims):
+                continue
+            o.shape = ir.Shape(dims)
+
+
+def _ort_symbolic_shapes(model: ir.Model) -> dict[str, list]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:  # pragma: no cover - onnxruntime always ships it
-        return
+        return {}
+
     def run(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+        del proto.graph.value_info[:]  # start from the inputs, not from earlier guesses
         return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
 
     try:
@@ -106,18 +120,12 @@ def infer_shapes(model: ir.Model) -> None:
         inferred = call_onnx_api(run, model)
     except Exception as e:  # the tool raises plain Exceptions on ops it does not know
         log.info("symbolic shape inference failed: %s", e)
-        return
+        return {}
     if inferred is None:
-        return
+        return {}
     known = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-            known[vi.name] = (dims, t.elem_type)
-    for v in _unknown(model):
-        if v.name in known:
-            dims, elem = known[v.name]
-            v.shape = ir.Shape(dims)
-            if v.type is None and elem:
-                v.type = ir.TensorType(ir.DataType(elem))
+            known[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return known

@@ -124,8 +124,9 @@ class NodeView:
         return self.analysis.terms(self.node.outputs[i])
 
     def passive(self, i: int) -> None:
-        """Input i is read for its shape only: any layout is fine, nothing is tied."""
+        """Input i is read for its shape only: any layout and any values are fine."""
         self._used_in.add(i)
+        self._values_in.add(i)
 
     def dims(self, i: int) -> list:
         d = dims_of(self.node.inputs[i])

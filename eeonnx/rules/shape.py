@@ -289,3 +289,24 @@ def cumsum(n: NodeView) -> None:
             n.pin(t, "axis is not constant")
         return
     n.pin(x[int(axis.reshape(-1)[0]) % len(x)], "running sum depends on order")
+
+
+@rule("GatherND")
+def gather_nd(n: NodeView) -> None:
+    """Index tuples address the first k axes after the batch axes: those are pinned
+    (the tuples are read as numbers); batch axes and the trailing slice axes follow."""
+    x, idx, y = n.x(0), n.x(1), n.y(0)
+    b = int(n.attr("batch_dims", 0))
+    k = n.dims(1)[-1]
+    n.flow(0, 0)
+    if not isinstance(k, int):
+        for t in x + y:
+            n.pin(t, "index tuple length is unknown")
+        return
+    n.tie(x[:b], y[:b])
+    n.tie(idx[:b], y[:b])
+    for t in x[b : b + k]:
+        n.pin(t, "axis addressed by index tuples")
+    n.tie(idx[b:-1], y[b : len(idx) - 1])
+    n.tie(x[b + k :], y[len(idx) - 1 :])
+    n.public(idx[-1])

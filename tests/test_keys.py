@@ -1,0 +1,195 @@
+"""Keys: reproducible compiles from a key file, fresh keys re-key everything, the secret
+stays on the client, and bad key files are refused."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import eeonnx
+from eeonnx.errors import KeyFileError
+from eeonnx.keys import KEY_FORMAT, Key, write_key
+from helpers import G, roundtrip
+
+
+def small_model():
+    g = G(seed=7)
+    g.input("x", [1, 3, 4, 4])
+    a = g.node("Relu", [g.conv("x", 3, 16, name="conv1")])
+    a = g.node("Relu", [g.conv(a, 16, 16, 3, name="conv2")])
+    g.conv(a, 16, 6, name="conv3", outputs="y")
+    g.output("y")
+    return g.build()
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _inits(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+
+ARTIFACT_FILES = ("server/model.onnx", "client/encode.onnx", "client/decode.onnx", "client/manifest.json",
+                  "client/key.json")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+def test_same_key_file_reproduces_the_artifact(model, tmp_path):
+    first = tmp_path / "first"
+    comp = roundtrip(model, first)
+    key_file = first / "out" / "client" / "key.json"
+    src = first / "model.onnx"  # what roundtrip compiled (the manifest names its source)
+    second = tmp_path / "second"
+    eeonnx.compile(src, second, key=key_file)
+    third = tmp_path / "third"
+    eeonnx.compile(str(src), third, key=str(key_file))
+    fourth = tmp_path / "fourth"  # from memory: same files, only the manifest's "source" differs
+    eeonnx.compile(model, fourth, key=key_file)
+    for rel in ARTIFACT_FILES[:3] + ARTIFACT_FILES[4:]:
+        assert _read(fourth / rel) == _read(first / "out" / rel), rel
+    m1 = json.loads(_read(first / "out" / "client" / "manifest.json"))
+    m4 = json.loads(_read(fourth / "client" / "manifest.json"))
+    assert {k: v for k, v in m1.items() if k != "source"} == {k: v for k, v in m4.items() if k != "source"}
+    for rel in ARTIFACT_FILES:
+        a = _read(first / "out" / rel)
+        assert _read(second / rel) == a, rel
+        assert _read(third / rel) == a, rel
+    assert comp.key.fingerprint() == json.loads(_read(second / "client" / "manifest.json"))["key_fingerprint"]
+
+
+def test_reused_key_roundtrips(model, tmp_path):
+    key = Key.generate()
+    path = tmp_path / "my.key.json"
+    write_key(key, str(path))
+    comp = roundtrip(model, tmp_path / "a", key=path)
+    assert comp.key.secret == key.secret
+    with open(tmp_path / "a" / "out" / "client" / "key.json", encoding="utf-8") as f:
+        assert bytes.fromhex(json.load(f)["secret"]) == key.secret
+
+
+def test_fresh_key_rekeys_everything(model, tmp_path):
+    eeonnx.compile(model, tmp_path / "a")
+    eeonnx.compile(model, tmp_path / "b")
+    ka = json.loads(_read(tmp_path / "a" / "client" / "key.json"))["secret"]
+    kb = json.loads(_read(tmp_path / "b" / "client" / "key.json"))["secret"]
+    assert ka != kb
+    wa, wb = _inits(tmp_path / "a" / "server" / "model.onnx"), _inits(tmp_path / "b" / "server" / "model.onnx")
+    assert wa.keys() == wb.keys()
+    differing = [n for n in wa if not np.array_equal(wa[n], wb[n])]
+    # every permuted weight of this model (all conv weights and biases) is permuted differently
+    assert set(differing) == {n for n in wa if n.startswith("conv")}, differing
+    assert _read(tmp_path / "a" / "client" / "encode.onnx") != _read(tmp_path / "b" / "client" / "encode.onnx")
+    assert _read(tmp_path / "a" / "client" / "decode.onnx") != _read(tmp_path / "b" / "client" / "decode.onnx")
+
+
+def test_key_file_is_private(model, tmp_path):
+    eeonnx.compile(model, tmp_path / "out")
+    mode = stat.S_IMODE(os.stat(tmp_path / "out" / "client" / "key.json").st_mode)
+    assert mode == 0o600, oct(mode)
+    data = json.loads(_read(tmp_path / "out" / "client" / "key.json"))
+    assert data["format"] == KEY_FORMAT
+    assert len(bytes.fromhex(data["secret"])) == 32
+
+
+def test_write_key_is_0600_even_with_permissive_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        write_key(Key.generate(), str(tmp_path / "k.json"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "k.json").st_mode) == 0o600
+
+
+def test_secret_never_reaches_the_server(model, tmp_path):
+    eeonnx.compile(model, tmp_path / "out")
+    secret_hex = json.loads(_read(tmp_path / "out" / "client" / "key.json"))["secret"]
+    secret = bytes.fromhex(secret_hex)
+    server = _read(tmp_path / "out" / "server" / "model.onnx")
+    for blob in (server,):
+        assert secret_hex.encode() not in blob and secret_hex.upper().encode() not in blob
+        assert secret not in blob
+        for i in range(0, len(secret_hex) - 16 + 1):
+            assert secret_hex[i:i + 16].encode() not in blob
+        for i in range(0, len(secret) - 8 + 1):
+            assert secret[i:i + 8] not in blob
+    # nor the key's fingerprint: the server file says nothing about which key it was made with
+    fp = json.loads(_read(tmp_path / "out" / "client" / "manifest.json"))["key_fingerprint"]
+    assert fp.encode() not in server
+
+
+def test_permutation_properties():
+    key = Key(bytes(range(32)))
+    for n in (2, 3, 5, 64, 1000):
+        p = key.permutation(f"label{n}", n)
+        assert p.dtype == np.int64
+        assert sorted(p.tolist()) == list(range(n))
+        assert not np.array_equal(p, np.arange(n))
+        np.testing.assert_array_equal(p, key.permutation(f"label{n}", n))  # deterministic
+    np.testing.assert_array_equal(key.permutation("one", 1), [0])
+    # n = 2: half of all first draws are the identity; never returned
+    for i in range(200):
+        np.testing.assert_array_equal(key.permutation(f"pair{i}", 2), [1, 0])
+    # different labels and different keys give unrelated permutations
+    assert not np.array_equal(key.permutation("a", 64), key.permutation("b", 64))
+    other = Key(bytes(range(1, 33)))
+    assert not np.array_equal(key.permutation("a", 64), other.permutation("a", 64))
+
+
+def test_permutations_look_uniform():
+    """Position of element 0 over many labels is spread over all positions (n = 4)."""
+    key = Key.generate()
+    counts = np.zeros(4)
+    for i in range(800):
+        counts[int(np.argmax(key.permutation(f"l{i}", 4) == 0))] += 1
+    assert counts.min() > 120, counts  # expectation ~200 (identity excluded: still ~1/4 each)
+
+
+def test_key_roundtrips_through_json(tmp_path):
+    key = Key.generate()
+    write_key(key, str(tmp_path / "k.json"))
+    loaded = Key.load(tmp_path / "k.json")
+    assert loaded.secret == key.secret
+    assert loaded.fingerprint() == key.fingerprint()
+    assert key.secret.hex() not in key.fingerprint()
+
+
+@pytest.mark.parametrize("content", [
+    None,                                                                   # missing file
+    "",                                                                     # empty
+    "not json at all",
+    "[1, 2, 3]",
+    json.dumps({"secret": "00" * 32}),                                      # no format
+    json.dumps({"format": "eeonnx-key/999", "secret": "00" * 32}),          # wrong format
+    json.dumps({"format": KEY_FORMAT}),                                     # no secret
+    json.dumps({"format": KEY_FORMAT, "secret": "00" * 31}),                # 31 bytes
+    json.dumps({"format": KEY_FORMAT, "secret": "00" * 33}),                # 33 bytes
+    json.dumps({"format": KEY_FORMAT, "secret": "zz" * 32}),                # not hex
+    json.dumps({"format": KEY_FORMAT, "secret": 12345}),                    # not a string
+], ids=["missing", "empty", "not-json", "json-list", "no-format", "wrong-format", "no-secret", "short",
+        "long", "not-hex", "int-secret"])
+def test_bad_key_files_are_refused(content, model, tmp_path):
+    path = tmp_path / "key.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(KeyFileError):
+        Key.load(path)
+    with pytest.raises(KeyFileError):
+        eeonnx.compile(model, tmp_path / "out", key=path)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".eeonnx-")]
+
+
+def test_key_directory_is_refused(model, tmp_path):
+    with pytest.raises(KeyFileError):
+        eeonnx.compile(model, tmp_path / "out", key=tmp_path)
