@@ -18,7 +18,7 @@ from eeonnx import __version__
 from eeonnx import layout as L
 from eeonnx.errors import StrictPinError, UnsupportedOpError
 from eeonnx.keys import Key
-from eeonnx.passes import boundary, check, emit, fold, keygen, load, normalize, propagate
+from eeonnx.passes import boundary, check, emit, fold, keygen, load, normalize, propagate, state
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Compilation:
     op_counts: dict = field(default_factory=dict)
     analysis: propagate.Analysis | None = None
     classes: dict = field(default_factory=dict)
+    state: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     perms: dict = field(default_factory=dict)
     weight_bytes: int = 0
@@ -95,7 +96,8 @@ class Compilation:
                        "outputs": [c.name for c in self.outputs]},
             "inputs": [crossing(c) for c in self.inputs],
             "outputs": [crossing(c) for c in self.outputs],
-            "state": [],
+            "state": [{"input": s.input, "output": s.output, "axis": s.axis, "dtype": s.dtype,
+                       "shape": s.shape, "empty_shape": s.empty_shape()} for s in self.state],
             "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)}
                         for c in self.classes.values()],
             "key_bits": round(self.key_bits, 1),
@@ -141,6 +143,7 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=()) -> Comp
     check.CheckPass(comp)(m)
     propagate.PropagatePass(comp)(m)
     keygen.KeygenPass(comp)(m)
+    state.StatePass(comp)(m)
     return comp
 
 

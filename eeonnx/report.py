@@ -66,14 +66,16 @@ def check_report(comp) -> dict:
                  **({"value_layout": c.value_layout} if c.value_layout else {}),
                  "clear": c.clear, **({"reason": c.reason} if c.clear else {})} for c in items]
 
+    state_names = {s.input for s in comp.state} | {s.output for s in comp.state}
     inputs = crossings(comp, list(comp.model.graph.inputs), is_input=True)
-    outputs = crossings(comp, list(comp.model.graph.outputs), is_input=False)
+    outputs = crossings(comp, [v for v in comp.model.graph.outputs if v.name not in state_names], False)
     refused = [c.name for c in inputs + outputs if c.refused]
     return {
         "model": comp.source,
         "inputs": wire(inputs),
         "outputs": wire(outputs),
         "refused_clear": refused,
+        "state": [{"input": s.input, "output": s.output, "axis": s.axis} for s in comp.state],
         "ops": dict(sorted(ops.items())),
         "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)} for c in comp.classes.values()],
         "key_bits": round(comp.key_bits, 1),

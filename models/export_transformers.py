@@ -566,8 +566,9 @@ def reshape_targets(m):
     """How each Reshape's target shape is computed, as a histogram of short expressions.
 
     ``[-1, 17, 4, 16]`` is a constant; ``concat(shape(x)[0], shape(x)[1], 4, 16)`` is built at run
-    time from the input's shape (``shape(x)[i]`` = Shape -> Gather/Slice of dim i; ``shape(x)[i:j]``
-    = Shape(start=i, end=j) or a Slice of it; Unsqueeze/Squeeze/Cast are not shown).
+    time from a shape (``shape(x)`` is the Shape of some tensor, not necessarily the Reshape's data
+    input; ``shape(x)[i]`` = Gather of dim i; ``shape(x)[i:j]`` = Shape(start=i, end=j) or a Slice;
+    Unsqueeze/Squeeze/Cast and scalar<->[1] Reshapes are not shown).
     """
     import onnx.numpy_helper as nh
 
@@ -606,7 +607,8 @@ def reshape_targets(m):
         if op == "Shape":
             st, en = attr(n, "start"), attr(n, "end")
             return "shape(x)" + (f"[{st or 0}:{'' if en is None else en}]" if st or en is not None else "")
-        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity") or (
+                op == "Reshape" and ins[1] in consts and consts[ins[1]].size == 1):  # scalar <-> [1]
             return desc(ins[0], depth + 1)
         if op == "Gather" and ins[1] in consts:
             return f"{desc(ins[0], depth + 1)}[{fmt(consts[ins[1]])}]"

@@ -166,12 +166,14 @@ def fill_output_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def sandwich(body, *, cin: int = 3, mid: int = 8, cout: int = 4, hw=(4, 4), opset: int = 13,
-             seed: int = 0, k2: int = 1) -> onnx.ModelProto:
+             seed: int = 0, k2: int = 1, y_shape=None, extra_opsets=()) -> onnx.ModelProto:
     """x [1, cin, *hw] -> Conv(conv1: cin->mid, 1x1) -> body -> Conv(conv2: ->cout) -> y.
 
     ``body(g, a)`` gets the builder and the name of conv1's output [1, mid, *hw] and
     returns ``(name, channels)`` of its result, a rank-(2+len(hw)) NC* tensor.
     Weights: conv1.w [mid, cin, 1..], conv1.b [mid], conv2.w [cout, channels, ...], conv2.b.
+    ``y_shape`` declares the output shape (else it is inferred); ``extra_opsets`` adds
+    opset imports for custom domains.
     """
     g = G(opset=opset, seed=seed)
     nd = len(hw)
@@ -179,8 +181,8 @@ def sandwich(body, *, cin: int = 3, mid: int = 8, cout: int = 4, hw=(4, 4), opse
     a = g.conv("x", cin, mid, 1, nd=nd, name="conv1")
     b, c = body(g, a)
     g.conv(b, c, cout, k2, nd=nd, name="conv2", outputs="y")
-    g.output("y")
-    return g.build()
+    g.output("y", shape=y_shape)
+    return g.build(extra_opsets)
 
 
 # --------------------------------------------------------------------------

@@ -177,10 +177,14 @@ class BoundaryPass:
 
     def __call__(self, model: ir.Model) -> None:
         comp = self.comp
-        comp.inputs = crossings(comp, list(model.graph.inputs), is_input=True)
-        comp.outputs = crossings(comp, list(model.graph.outputs), is_input=False)
+        state_in = {s.input for s in comp.state}
+        state_out = {s.output for s in comp.state}
+        comp.inputs = crossings(comp, [v for v in model.graph.inputs if v.name not in state_in], True)
+        comp.outputs = crossings(comp, [v for v in model.graph.outputs if v.name not in state_out], False)
+        state = crossings(comp, [v for v in model.graph.inputs if v.name in state_in], True)
         refuse_clear(comp.inputs, "input")
         refuse_clear(comp.outputs, "output")
+        refuse_clear(state, "state input")
         infos = comp.original_infos
         comp.encode_model = build_client_graph("encode", comp.inputs, infos)
         comp.decode_model = build_client_graph("decode", comp.outputs, infos)

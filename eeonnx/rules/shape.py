@@ -184,38 +184,61 @@ def split(n: NodeView) -> None:
 
 @rule("Slice")
 def slice_(n: NodeView) -> None:
-    """A unit-step slice keeps a block: X.axis = Cat(before, Y.axis, after)."""
-    x, y, d = n.x(0), n.y(0), n.dims(0)
+    """A unit-step slice keeps a block: X.axis = Cat(before, Y.axis, after).
+
+    A bound computed at run time (``x[..., d // 2:]`` exported through Shape)
+    is recovered from the static output size when the other bound is known.
+    Only the sliced axes are pinned when the block cannot be located.
+    """
+    x, y, d, yd = n.x(0), n.y(0), n.dims(0), n.out_dims(0)
     n.flow(0, 0)
     starts, ends = n.ints("starts", 1), n.ints("ends", 2)
-    axes = n.ints("axes", 3)
-    steps = n.ints("__steps__", 4) if n.has(4) else None
-    if starts is None or ends is None or (n.has(3) and axes is None) or (n.has(4) and steps is None):
+    axes = n.ints("axes", 3) if (n.has(3) or n.attr("axes") is not None) else None
+    steps = n.ints("steps", 4) if n.has(4) else None
+    if (n.has(3) and axes is None) or (n.has(4) and steps is None):
+        for a, b in zip(x, y):
+            n.pin(a, "slice axes or steps are not constant")
+            n.pin(b, "slice axes or steps are not constant")
+        return
+    count = len(axes) if axes is not None else len(starts if starts is not None else ends or [])
+    if axes is None and starts is None and ends is None:
         for a, b in zip(x, y):
             n.pin(a, "slice bounds are not constant")
             n.pin(b, "slice bounds are not constant")
         return
-    axes = [a % len(x) for a in (axes or range(len(starts)))]
+    axes = [a % len(x) for a in (axes if axes is not None else range(count))]
     steps = steps or [1] * len(axes)
-    sliced = {}
-    for ax, s, e, st in zip(axes, starts, ends, steps):
-        sliced[ax] = (s, e, st)
     for k in range(len(x)):
-        if k not in sliced:
+        if k not in axes:
             n.unify(x[k], y[k])
             continue
-        s, e, st = sliced[k]
-        size = d[k]
-        if not isinstance(size, int):
-            n.public(x[k], y[k])
+        pos = axes.index(k)
+        block = _slice_block(d[k], yd[k], starts[pos] if starts else None,
+                             ends[pos] if ends else None, steps[pos])
+        if block is None:
+            n.pin(x[k], "slice of this axis cannot be located (strided, reversed or unknown bounds)")
+            n.pin(y[k], "slice of this axis cannot be located (strided, reversed or unknown bounds)")
             continue
-        lo, hi, step = slice(s, e, st).indices(size)
-        if step != 1:
-            n.pin(x[k], "strided or reversed slice")
-            n.pin(y[k], "strided or reversed slice")
-            continue
-        hi = max(hi, lo)
-        n.unify(x[k], L.cat(L.fresh(lo), y[k], L.fresh(size - hi)), "Slice: block cannot be cut out")
+        lo, hi = block
+        n.unify(x[k], L.cat(L.fresh(lo), y[k], L.fresh(d[k] - hi)), "Slice: block cannot be cut out")
+
+
+def _slice_block(size, out_size, start, end, step) -> tuple[int, int] | None:
+    """[lo, hi) kept by a unit-step slice of a static axis, or None if unknown."""
+    if not isinstance(size, int) or step != 1:
+        return None
+    if start is not None and end is not None:
+        lo, hi, _ = slice(start, end, 1).indices(size)
+        return lo, max(lo, hi)
+    if not isinstance(out_size, int):
+        return None
+    if start is not None:
+        lo = slice(start, None, 1).indices(size)[0]
+        return (lo, lo + out_size) if lo + out_size <= size else None
+    if end is not None:
+        hi = slice(None, end, 1).indices(size)[1]
+        return (hi - out_size, hi) if hi - out_size >= 0 else None
+    return None
 
 
 @rule("Gather")

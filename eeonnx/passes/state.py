@@ -1,0 +1,68 @@
+"""state: find server-side state pairs (a KV cache) from the graph.
+
+A pair is (graph input P, graph output Q) where Q is a Concat along some
+axis of P (reached through value-preserving Identity/Cast) and something
+computed in this call: the caller feeds Q back as P on the next call. The
+pairing is read from the graph, never from names.
+
+Invariant: leaves the model unchanged; fills ``comp.state`` with one
+StatePair per pair, in graph-output order. State tensors keep their names on
+the server and bypass encode/decode; the cache on the server holds permuted
+heads / head dims, and a cache of length 0 is valid as it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+PASS_THROUGH = {"Identity", "Cast"}
+
+
+@dataclass
+class StatePair:
+    input: str
+    output: str
+    axis: int
+    dtype: str
+    shape: list  # of the input; ints or symbol names
+
+    def empty_shape(self) -> list:
+        return [0 if k == self.axis else d for k, d in enumerate(self.shape)]
+
+
+def _source(value: ir.Value) -> ir.Value:
+    while value.producer() is not None and value.producer().op_type in PASS_THROUGH:
+        value = value.producer().inputs[0]
+    return value
+
+
+def find_state(model: ir.Model) -> list[StatePair]:
+    inputs = {id(v): v for v in model.graph.inputs}
+    pairs, used = [], set()
+    for out in model.graph.outputs:
+        node = _source(out).producer()
+        if node is None or node.op_type != "Concat":
+            continue
+        rank = len(out.shape) if out.shape is not None else None
+        if rank is None:
+            continue
+        axis = int(node.attributes["axis"].value) % rank
+        for inp in node.inputs:
+            src = _source(inp) if inp is not None else None
+            if src is not None and id(src) in inputs and src.name not in used:
+                if src.shape is None or len(src.shape) != rank:
+                    continue
+                shape = [d if isinstance(d, int) else d.value for d in src.shape]
+                pairs.append(StatePair(src.name, out.name, axis, src.dtype.name.lower(), shape))
+                used.add(src.name)
+                break
+    return pairs
+
+
+class StatePass:
+    def __init__(self, comp):
+        self.comp = comp
+
+    def __call__(self, model: ir.Model) -> None:
+        self.comp.state = find_state(model)
