@@ -111,6 +111,28 @@ def test_graph_not_in_ssa_form_from_proto(tmp_path):
         eeonnx.compile(_non_ssa_model(), tmp_path / "out")
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: load.load_model only validates files; an empty "
+                   "onnx.ModelProto() compiles into an artifact with no inputs/outputs instead of "
+                   "ModelLoadError (the same bytes on disk are refused)")
+def test_empty_model_proto(tmp_path):
+    with pytest.raises(ModelLoadError):
+        eeonnx.compile(onnx.ModelProto(), tmp_path / "out")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (message): a node reading a value no one defines is "
+                   "accepted by load/normalize (onnx_ir only warns), and the compile fails later with a "
+                   "misleading ClearBoundaryError instead of ModelLoadError")
+def test_undefined_value_is_a_load_error(tmp_path):
+    g = G(check=False)
+    g.input("x", [1, 3, 4, 4])
+    a = g.conv("x", 3, 8, name="conv1")
+    b = g.node("Add", [a, "undefined_thing"], name="reads_undefined")
+    g.conv(b, 8, 4, name="conv2", outputs="y")
+    g.output("y", shape=[1, 4, 4, 4])
+    with pytest.raises(ModelLoadError):
+        eeonnx.compile(g.build(), tmp_path / "out")
+
+
 # --------------------------------------------------------------------------
 # unsupported ops
 # --------------------------------------------------------------------------
