@@ -60,7 +60,11 @@ class Compilation:
         """initializer -> layout per axis (the PermutationSpec)."""
         out = {}
         for name in sorted(self.model.graph.initializers):
-            terms = self.analysis.known(self.model.graph.initializers[name])
+            value = self.model.graph.initializers[name]
+            if value in self.analysis.uniform_shared:
+                out[name] = ["uniform"] * len(value.const_value.shape)
+                continue
+            terms = self.analysis.known(value)
             out[name] = [self.show(t) for t in terms] if terms is not None else ["?"]
         return out
 

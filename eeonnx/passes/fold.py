@@ -52,9 +52,9 @@ class FoldPass(ir.passes.InPlacePass):
             if tensor is None:
                 continue
             total += tensor.nbytes
-            terms = an.known(value)
+            terms = an.known(value) if value not in an.uniform_shared else None
             if terms is None:
-                continue
+                continue  # unknown shape, or uniform: no permutation changes it
             index = axis_perms(terms, perms)
             if all(p is None for p in index):
                 continue

@@ -41,6 +41,8 @@ class KeygenPass:
         losses: dict[int, tuple[L.PinInfo, int, str]] = {}
         for name in sorted(model.graph.initializers):
             value = model.graph.initializers[name]
+            if value in an.uniform_shared:
+                continue  # uniform: holds no secret, anchors nothing
             terms = an.known(value)
             for axis, t in enumerate(terms or []):
                 for k, v in enumerate(L.free_vars(t)):

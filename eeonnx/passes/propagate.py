@@ -25,6 +25,8 @@ class Analysis:
     def __init__(self):
         self._terms: dict[ir.Value, list[L.Term]] = {}
         self._slots: dict[ir.Value, Slot] = {}
+        self._use_terms: dict[tuple[int, int], list[L.Term]] = {}
+        self.uniform_shared: set[ir.Value] = set()
         self.current: ir.Node | None = None
         self.unifier = L.Unifier(self._context)
         self.values = ValueSolver(self.unifier)
@@ -42,6 +44,17 @@ class Analysis:
             t = [L.fresh(d if isinstance(d, int) else None) for d in dims]
             self._terms[value] = t
         return t
+
+    def use_terms(self, node: ir.Node, i: int) -> list[L.Term]:
+        """Terms of input i of node: per use for a shared uniform constant (any
+        permutation leaves it unchanged, so its uses need not agree), else the value's."""
+        value = node.inputs[i]
+        if value not in self.uniform_shared:
+            return self.terms(value)
+        key = (id(node), i)
+        if key not in self._use_terms:
+            self._use_terms[key] = [L.fresh(d) for d in value.const_value.shape]
+        return self._use_terms[key]
 
     def slot(self, value: ir.Value) -> Slot:
         """Value-layout slot of an integer tensor (constants are pinned: fixed values)."""
@@ -68,6 +81,7 @@ class PropagatePass:
 
     def __call__(self, model: ir.Model) -> None:
         an = Analysis()
+        an.uniform_shared = shared_uniform_constants(model)
         unsupported = {id(n) for n, _ in self.comp.unsupported}
         for node in model.graph:
             an.current = node
@@ -83,6 +97,20 @@ class PropagatePass:
                 _pin_all(an, node, f"shape of '{e.value.name}' is unknown (try --dim)")
         an.current = None
         self.comp.analysis = an
+
+
+def shared_uniform_constants(model: ir.Model) -> set[ir.Value]:
+    """Initializers used by several nodes whose elements are all equal (zeros
+    biases, ones scales that an exporter deduplicated into one tensor)."""
+    out = set()
+    for value in model.graph.initializers.values():
+        t = value.const_value
+        if t is None or len(value.uses()) < 2 or t.size < 2:
+            continue
+        a = t.numpy().reshape(-1)
+        if (a == a[0]).all():
+            out.add(value)
+    return out
 
 
 def _pin_all(an: Analysis, node: ir.Node, reason: str) -> None:

@@ -116,7 +116,7 @@ class NodeView:
     def x(self, i: int) -> list[L.Term]:
         """Layout terms of input i, marking it a data input."""
         self._used_in.add(i)
-        return self.analysis.terms(self.node.inputs[i])
+        return self.analysis.use_terms(self.node, i)
 
     def y(self, i: int) -> list[L.Term]:
         """Layout terms of output i, marking it a data output."""
