@@ -38,6 +38,46 @@ class Server:
     def run(self, feeds: dict) -> dict:
         return dict(zip(self.output_names, self.session.run(None, feeds)))
 
+    # -- stateful serving (KV cache kept in the session's memory) ----------------
+    @property
+    def device(self) -> str:
+        return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def initial_state(self, pairs: list[dict], batch: int = 1) -> dict:
+        """Empty state tensors (cache axis of length 0) as ORT values on the device."""
+        import onnxruntime as ort
+
+        from eeonnx.passes.verify import NP_TYPES
+
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        state = {}
+        for p in pairs:
+            shape = [0 if k == p["axis"] else (d if isinstance(d, int) else batch)
+                     for k, d in enumerate(p["shape"])]
+            array = np.zeros(shape, dtype=NP_TYPES[types[p["input"]]])
+            state[p["input"]] = ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
+        self._state_out = {p["output"]: p["input"] for p in pairs}
+        return state
+
+    def step(self, feeds: dict, state: dict) -> tuple[dict, dict]:
+        """One call with state: returns (outputs without state, next state).
+
+        State travels as ORT values bound in place (I/O binding): on CUDA the
+        cache never leaves the device, on CPU it is never copied into numpy."""
+        if not state:
+            return self.run(feeds), state
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in state.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, self.device if name in self._state_out else "cpu")
+        self.session.run_with_iobinding(binding)
+        values = dict(zip(self.output_names, binding.get_outputs()))
+        outputs = {n: v.numpy() for n, v in values.items() if n not in self._state_out}
+        return outputs, {self._state_out[n]: v for n, v in values.items() if n in self._state_out}
+
 
 class Client:
     """The trusted side: encode inputs for the server, decode what it returns."""
@@ -70,3 +110,47 @@ class Client:
     def infer(self, server: Server, inputs: dict) -> dict:
         """encode -> server.run -> decode."""
         return self.decode(server.run(self.encode(inputs)))
+
+    # -- generation -------------------------------------------------------------
+    def token_io(self) -> tuple[str, str, int]:
+        """(token-id input, logits output, vocabulary size), read from the manifest:
+        the input whose values index a table, the output whose last axis has its size."""
+        ids = [c for c in self.manifest["inputs"] if "value_size" in c]
+        if not ids:
+            raise ValueError("this model has no token-id input (no input indexes a permuted table)")
+        vocab = ids[0]["value_size"]
+        logits = [c["name"] for c in self.manifest["outputs"] if c["shape"] and c["shape"][-1] == vocab]
+        if not logits:
+            raise ValueError(f"no output has a last axis of the vocabulary size {vocab}")
+        return ids[0]["name"], logits[0], vocab
+
+    def input_dtypes(self) -> dict:
+        from eeonnx.passes.verify import NP_TYPES
+
+        return {i.name: NP_TYPES[i.type] for i in self._enc.get_inputs()}
+
+    def id_map(self) -> np.ndarray:
+        """plain token id -> encrypted token id (what encode applies to the id input)."""
+        import onnx
+        from onnx import numpy_helper
+
+        token_input = self.token_io()[0]
+        k = self.input_names.index(token_input)
+        enc = onnx.load(os.path.join(self.out_dir, "client", "encode.onnx"))
+        for t in enc.graph.initializer:
+            if t.name == f"encode{k}_value_map":
+                return numpy_helper.to_array(t)
+        raise ValueError(f"encode.onnx has no value map for '{token_input}'")
+
+    def plain_tokenizer(self):
+        """The client tokenizer (client/tokenizer.json, encrypted ids) wrapped to
+        speak plain ids, so it composes with encode/decode and generate."""
+        from eeonnx.tokenizer import PlainView
+
+        return PlainView(os.path.join(self.out_dir, "client", "tokenizer.json"), self.id_map())
+
+    def generate(self, server, prompt_ids, **kw):
+        """Yield plain token ids; see eeonnx.generate.generate for the options."""
+        from eeonnx.generate import generate
+
+        return generate(self, server, prompt_ids, **kw)

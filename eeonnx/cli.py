@@ -226,5 +226,53 @@ def run(out, inputs, save, provider):
     click.echo(f"(encode + server on {server.session.get_providers()[0]} + decode: {ms:.1f} ms)", err=True)
 
 
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--prompt-ids", metavar="ID,ID,...", help="Prompt as plain token ids, e.g. 1,2,3.")
+@click.option("--prompt", "prompt_text", metavar="TEXT",
+              help="Prompt as text (needs OUT/client/tokenizer.json from compile --tokenizer).")
+@click.option("--max-new-tokens", default=20, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, help="Sample among the k best (0 = all).")
+@click.option("--seed", type=int, help="Seed for sampling.")
+@click.option("--eos-id", "eos_ids", multiple=True, type=int, help="Stop at this token id (repeatable).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, seed, eos_ids, provider):
+    """Encrypted text generation: the server sees encrypted ids, returns encrypted
+    logits and keeps its (encrypted) KV cache; sampling happens here.
+
+    \b
+    Examples:
+      eeonnx generate out/llama --prompt-ids 1,2,3 --max-new-tokens 12
+      eeonnx generate out/gpt2 --prompt "Hello" --temperature 0.8 --top-k 40 --seed 0
+    """
+    from eeonnx import runtime
+    from eeonnx.api import Client, Server
+
+    client = Client(out)
+    tokenizer = None
+    if prompt_text is not None:
+        tokenizer = client.plain_tokenizer()
+        ids = tokenizer.encode(prompt_text)
+    elif prompt_ids:
+        try:
+            ids = [int(t) for t in prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise click.BadParameter(f"'{prompt_ids}': expected comma-separated integers",
+                                     param_hint="--prompt-ids") from None
+    else:
+        raise click.UsageError("give --prompt-ids or --prompt")
+    providers = runtime.providers_for(None, None if provider == "auto" else provider)
+    server = Server(os.path.join(out, "server", "model.onnx"), providers)
+    t0, n = time.perf_counter(), 0
+    for token in client.generate(server, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, seed=seed, eos_ids=eos_ids):
+        n += 1
+        click.echo(tokenizer.decode([token]) if tokenizer else f"{token} ", nl=False)
+    click.echo()
+    dt = time.perf_counter() - t0
+    click.echo(f"({n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s, server on {server.device})", err=True)
+
+
 if __name__ == "__main__":
     main()

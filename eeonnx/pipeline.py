@@ -85,7 +85,8 @@ class Compilation:
         def crossing(c):
             return {"name": c.name, "wire_name": c.wire_name, "dtype": c.dtype, "shape": c.shape,
                     "layout": c.layout, "secret_axes": c.secret_axes, "clear": c.clear,
-                    **({"value_layout": c.value_layout} if c.value_index is not None else {}),
+                    **({"value_layout": c.value_layout, "value_size": int(c.value_index.size)}
+                       if c.value_index is not None else {}),
                     **({"clear_reason": c.reason} if c.clear else {})}
 
         return {

@@ -17,3 +17,10 @@ for p in (ROOT, HERE):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_scratch_cwd(tmp_path_factory, monkeypatch):
+    """Run every test in an empty scratch directory, so that nothing a test (or the code
+    under test) writes relative to the cwd lands in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

@@ -258,6 +258,14 @@ def _same_multiset(a: np.ndarray, b: np.ndarray) -> bool:
     return np.array_equal(np.sort(a), np.sort(b))
 
 
+def _assert_bijection(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    """Integer ids mapped by value: equal ids map to equal ids, different to different."""
+    assert a.shape == b.shape
+    pairs = set(zip(np.asarray(a).ravel().tolist(), np.asarray(b).ravel().tolist()))
+    assert len({x for x, _ in pairs}) == len(pairs) == len({y for _, y in pairs}), \
+        f"value map of '{what}' is not a bijection"
+
+
 def original_tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Initializers and Constant-node values of the original model, by name."""
     out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -363,17 +371,18 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
             assert not np.array_equal(e, x), f"input '{vi.name}' reaches the server unchanged"
             assert _same_multiset(e, x), f"encode of '{vi.name}' is not a permutation of its values"
         if wire_value_mapped.get(vi.name):
-            # integer ids mapped by value: a bijection on the values that occur
             assert not np.array_equal(e, x), f"ids '{vi.name}' reach the server unchanged"
-            pairs = set(zip(x.ravel().tolist(), e.ravel().tolist()))
-            assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs}), \
-                f"value map of '{vi.name}' is not a bijection"
+            _assert_bijection(x, e, vi.name)
     wire_out = {c["name"]: c["wire_name"] for c in manifest["outputs"]}
+    out_value_mapped = {c["name"]: "value_layout" in c for c in manifest["outputs"]}
     for name, d in decoded.items():
         s = served[wire_out[name]]
         if name not in allow_clear:
             assert not np.array_equal(s, d), f"output '{name}' leaves the server in the clear"
-        assert _same_multiset(s, d), f"decode of '{name}' is not a permutation of its values"
+        if out_value_mapped.get(name):
+            _assert_bijection(s, d, name)
+        else:
+            assert _same_multiset(s, d), f"decode of '{name}' is not a permutation of its values"
 
     # -- the weights are permuted, only permuted --------------------------------
     orig_t = original_tensors(model)

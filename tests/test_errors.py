@@ -173,6 +173,30 @@ def test_unsupported_standard_op(op, build, tmp_path):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
+def test_compile_writes_nothing_outside_out(tmp_path, monkeypatch):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    eeonnx.compile(plain_model(), tmp_path / "out")
+    eeonnx.check(plain_model())
+    assert os.listdir(work) == []
+    assert sorted(os.listdir(tmp_path)) == ["cwd", "out"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: when onnxruntime's SymbolicShapeInference cannot infer every "
+                   "shape (here an op of a custom domain) it saves 'sym_shape_infer_temp.onnx' into the "
+                   "current directory before raising; normalize calls it, so compile/check litter the "
+                   "user's cwd (that file got committed at the repository root)")
+def test_failed_shape_inference_writes_nothing_to_cwd(tmp_path, monkeypatch):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(UnsupportedOpError):
+        eeonnx.compile(custom_domain_model(), tmp_path / "out")
+    eeonnx.check(custom_domain_model())
+    assert os.listdir(work) == []
+
+
 def test_some_standard_op_is_unsupported():
     """At least one of the candidates above must still be refused (else pick new ones)."""
     assert any(("", op) not in REGISTRY for op, _ in _unsupported_candidates())

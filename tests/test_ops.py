@@ -824,15 +824,30 @@ add_sandwich("Slice-13-channels-step2", _slice(13, "inputs-channels-step2"), pin
 add_sandwich("Slice-13-channels-reversed", _slice(13, "inputs-channels-reversed"), pins_channels("slice"))
 
 
-@case("Slice-dynamic-bounds", lambda comp: _dyn_slice_check(comp))
-def _slice_dynamic():
-    """starts/ends are graph inputs (int64 structure): the sliced tensor is pinned."""
+@case("Slice-dynamic-start-spatial")
+def _slice_dynamic_spatial():
+    """A run-time start on a spatial axis: only that (positional) axis is affected."""
     g = G()
     g.input("x", [1, 3, 4, 4])
     g.input("st", [1], INT64)
     a = g.conv("x", 3, 8, name="conv1")
     r = g.node("Slice", [a, "st", g.ints("en", [100]), g.ints("ax", [3])], name="slice")
-    g.conv(r, 8, 4, name="conv2", outputs="y")
+    r = g.node("ReduceMean", [r], axes=[3], keepdims=1)                       # [1, 8, 4, 1]
+    g.conv(g.node("Add", [a, r]), 8, 4, name="conv2", outputs="y")
+    g.output("y")
+    return g.build()
+
+
+@case("Slice-dynamic-start-channels", lambda comp: _dyn_slice_check(comp))
+def _slice_dynamic_channels():
+    """A run-time start on the channel axis: the block cannot be located, channels are pinned."""
+    g = G()
+    g.input("x", [1, 3, 4, 4])
+    g.input("st", [1], INT64)                                                  # 0..2 at run time
+    a = g.conv("x", 3, 8, name="conv1")
+    r = g.node("Slice", [a, "st", g.ints("en", [100]), g.ints("ax", [1])], name="slice")
+    r = g.node("ReduceMean", [r], axes=[1], keepdims=1)                       # [1, 1, 4, 4]
+    g.conv(g.node("Mul", [a, r]), 8, 4, name="conv2", outputs="y")
     g.output("y")
     return g.build()
 
@@ -872,6 +887,23 @@ def _gather(idx, axis, name="gather"):
 add_sandwich("Gather-spatial", _gather([0, 2, 3], 3))
 add_sandwich("Gather-channels", _gather([0, 2, 3, 7, 1], 1), pins_channels("gather"))
 add_sandwich("Gather-channels-negative-axis", _gather([5, 1], -3), pins_channels("gather"))
+
+
+def _gather_nd_spatial(g, a):
+    """batch_dims=2 over (N, C): per-channel constant row indices pick 3 rows of H."""
+    idx = np.random.default_rng(0).integers(0, 4, [1, 8, 3, 1]).astype(np.int64)
+    return g.node("GatherND", [a, g.const("rows", idx)], batch_dims=2), 8
+
+
+def _gather_nd_check(comp):
+    same_channels(comp)
+    s = comp.spec()
+    assert s["rows"][1] == s[C1][0], s  # the indices move with their channels
+
+
+add_sandwich("GatherND-batch-dims-2", _gather_nd_spatial, _gather_nd_check)
+add_sandwich("GatherND-channels", lambda g, a: (g.node(
+    "GatherND", [a, g.ints("nc", [[[0, 5], [0, 2]]])], name="gnd"), 2), pins_channels("gnd"))
 
 
 @case("Gather-embedding", lambda comp: _embedding_check(comp, tied=False))
@@ -925,6 +957,134 @@ def _ids_arith_check(comp):
     s = comp.spec()
     assert s["emb"][0] == "P" and is_secret(s["emb"][1]), s
     assert pinned_nodes(comp) & {"shift_ids", "embed"}, comp.pins()
+
+
+@case("Gather-ids-reshaped-two-tables", lambda comp: _two_tables_check(comp))
+def _ids_two_tables():
+    """The same ids (one copy reshaped) index two tables: both tables share the vocabulary class."""
+    g = G()
+    g.input("ids", [1, 6], INT64)
+    e1 = g.node("Gather", [g.w("E1", [4, 8]), g.node("Reshape", ["ids", g.ints("s", [2, 3])])])
+    e2 = g.node("Reshape", [g.node("Gather", [g.w("E2", [4, 8]), "ids"]), g.ints("s2", [2, 3, 8])])
+    g.node("MatMul", [g.node("Add", [e1, e2]), g.w("W", [8, 5])], outputs="y")
+    g.output("y")
+    return g.build()
+
+
+def _two_tables_check(comp):
+    s = comp.spec()
+    assert is_secret(s["E1"][0]) and s["E1"][0] == s["E2"][0], s
+    (ids,) = comp.inputs
+    assert ids.value_layout == s["E1"][0]
+
+
+@case("Gather-ids-passed-through", lambda comp: None)
+def _ids_out():
+    """ids are also a model output: decode maps them back by value."""
+    g = G()
+    g.input("ids", [1, 6], INT64)
+    g.node("Identity", ["ids"], outputs="ids_out")
+    e = g.node("Gather", [g.w("E", [4, 8]), "ids"])
+    g.node("MatMul", [e, g.w("W", [8, 5])], outputs="y")
+    g.output("y")
+    g.output("ids_out", INT64)
+    return g.build()
+
+
+def _ids_two_sizes():
+    g = G()
+    g.input("ids", [1, 6], INT64)
+    e1 = g.node("Gather", [g.w("E1", [4, 8]), "ids"], name="gather4")
+    e2 = g.node("Gather", [g.w("E2", [3, 8]), "ids"], name="gather3")
+    g.node("MatMul", [g.node("Add", [e1, e2]), g.w("W", [8, 5])], outputs="y")
+    g.output("y")
+    return g.build()
+
+
+def test_ids_into_tables_of_different_sizes(tmp_path):
+    """ids index a 4-row and a 3-row table: no common value layout, the ids (content) are refused;
+    allowed in the clear, both tables stay unpermuted on their rows and the result is exact."""
+    with pytest.raises(ClearBoundaryError) as e:
+        eeonnx.compile(_ids_two_sizes(), tmp_path / "refused")
+    assert "'ids'" in str(e.value)
+    comp = roundtrip(_ids_two_sizes(), tmp_path / "ok", allow_clear=["ids"])
+    s = comp.spec()
+    assert s["E1"][0] == "P" and s["E2"][0] == "P" and is_secret(s["E1"][1]), s
+    assert pinned_nodes(comp) & {"gather4", "gather3"}, comp.pins()
+
+
+@case("Conv-tied-weight", lambda comp: (comp.spec()["W"][:2] == ["c0[8]", "c0[8]"]) or pytest.fail(
+    str(comp.spec())))
+def _tied_conv():
+    """One square weight used by two convs: its two axes are one class."""
+    g = G()
+    g.input("x", [1, 8, 4, 4])
+    w = g.w("W", [8, 8, 1, 1])
+    a = g.node("Relu", [g.node("Conv", ["x", w], kernel_shape=[1, 1])])
+    g.node("Conv", [a, w], kernel_shape=[1, 1], outputs="y")
+    g.output("y")
+    return g.build()
+
+
+def _mlp_dtype(elem, np_dtype):
+    def build():
+        g = G()
+        g.input("x", [3, 16], elem)
+        rng = np.random.default_rng(0)
+        h = g.node("Relu", [g.node("MatMul", ["x", g.const("W1", (rng.standard_normal([16, 8]) / 4).astype(np_dtype))])])
+        g.node("MatMul", [h, g.const("W2", (rng.standard_normal([8, 5]) / 3).astype(np_dtype))], outputs="y")
+        g.output("y", elem)
+        return g.build()
+    return build
+
+
+CASES["MatMul-float16"] = (_mlp_dtype(TensorProto.FLOAT16, np.float16), _mm_chain_check, {"rtol": 2e-3})
+CASES["MatMul-double"] = (_mlp_dtype(TensorProto.DOUBLE, np.float64), _mm_chain_check, {})
+
+
+@case("Two-outputs-one-consumed", lambda comp: [c.secret_axes for c in comp.outputs] == [[1], [1]] or
+      pytest.fail(str([c.layout for c in comp.outputs])))
+def _two_outputs():
+    """An intermediate that is also a model output, listed after the final output."""
+    g = G()
+    g.input("x", [1, 3, 4, 4])
+    g.conv("x", 3, 8, name="conv1", outputs="feat")
+    g.conv(g.node("Relu", ["feat"]), 8, 4, name="conv2", outputs="y")
+    g.output("y")
+    g.output("feat")
+    return g.build()
+
+
+@case("Bool-mask-input")
+def _mask():
+    """A boolean mask input broadcast over channels: public structure, passes unchanged."""
+    g = G()
+    g.input("x", [1, 3, 4, 4])
+    g.input("mask", [1, 1, 4, 4], BOOL)
+    a = g.conv("x", 3, 8, name="conv1")
+    a = g.node("Mul", [a, g.node("Cast", ["mask"], to=TensorProto.FLOAT)])
+    g.conv(a, 8, 4, name="conv2", outputs="y")
+    g.output("y")
+    return g.build()
+
+
+@case("Concat-with-second-input", lambda comp: _concat_input_check(comp))
+def _concat_input():
+    """A second float input joins the channels through Concat: it gets its own class."""
+    g = G()
+    g.input("x", [1, 3, 4, 4])
+    g.input("z", [1, 2, 4, 4])
+    a = g.conv("x", 3, 8, name="conv1")
+    g.conv(g.node("Concat", [a, "z"], axis=1), 10, 4, name="conv2", outputs="y")
+    g.output("y")
+    return g.build()
+
+
+def _concat_input_check(comp):
+    s = comp.spec()
+    z = [c for c in comp.inputs if c.name == "z"][0]
+    assert z.secret_axes == [1]
+    assert s[C2][1] == f"cat({s[C1][0]}, {z.layout[1]})", (s, z.layout)
 
 
 # -- reductions ----------------------------------------------------------------
@@ -1084,7 +1244,23 @@ CASES["CumSum-feature-axis"] = (_chain(lambda g, h: g.node("CumSum", [h, g.ints(
 # --------------------------------------------------------------------------
 # the tests
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("cid", sorted(CASES))
+_ORT_SHAPES = ("BUG (regression in 'ORT symbolic shape inference first'): normalize lets onnxruntime's "
+               "symbolic shapes override ONNX's static ones; ORT names dims it cannot infer like "
+               "'Upsample_1_o0__d0' (only 'unk__' is filtered) and gets Split-18 num_outputs wrong "
+               "(8 -> 2,2,2 instead of 3,3,2), so the channel class is pinned where it used to be secret")
+#: case id -> reason: cases that fail because of a known compiler bug (strict xfail)
+KNOWN_BUGS = {
+    "Upsample-9": _ORT_SHAPES,
+    "Split-18-uneven": _ORT_SHAPES,
+}
+
+
+def _params(ids, bugs):
+    return [pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=bugs[i])) if i in bugs else i
+            for i in ids]
+
+
+@pytest.mark.parametrize("cid", _params(sorted(CASES), KNOWN_BUGS))
 def test_op(cid, tmp_path):
     build, check, kw = CASES[cid]
     comp = roundtrip(build(), tmp_path, **kw)
@@ -1128,7 +1304,8 @@ def _zoo_dims(name):
     return {"N": 3} if name == "torch_style_flatten_reshape" else None
 
 
-@pytest.mark.parametrize("name", sorted(set(zoo.BUILDERS) - {"ops_zoo_structural"}))
+@pytest.mark.parametrize("name", _params(sorted(set(zoo.BUILDERS) - {"ops_zoo_structural"}),
+                                         {"upsample_opset9": _ORT_SHAPES}))
 def test_zoo_roundtrip(name, tmp_path):
     model = zoo.BUILDERS[name]()
     dims = _zoo_dims(name)
