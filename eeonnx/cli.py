@@ -274,5 +274,45 @@ def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, s
     click.echo(f"({n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s, server on {server.device})", err=True)
 
 
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--iters", default=50, show_default=True, help="Timed runs of each model (interleaved).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic dim (default 2).")
+@click.option("--generate", "gen", is_flag=True, help="Also time prefill/decode tokens/s (language models).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def bench(model, out, provider, iters, dims, gen, as_json):
+    """Latency of the plain MODEL vs the server model in OUT, same ORT settings.
+
+    Interleaved runs after warm-up; median and p90 of each, their ratio
+    (1.00 = no server overhead) and the client's encode+decode cost as a share
+    of the plain latency.
+
+    \b
+    Example:
+      eeonnx bench models/cnn.onnx out/cnn --iters 200
+    """
+    from eeonnx.bench import bench_generate, bench_model
+
+    r = bench_model(model, out, provider=provider, iters=iters, dims=_dims(dims))
+    if gen:
+        r["generate"] = bench_generate(model, out, provider=provider)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{model} on {r['provider']} ({r['iters']} interleaved runs)")
+    click.echo(f"  plain : median {r['plain']['median_ms']:.3f} ms, p90 {r['plain']['p90_ms']:.3f} ms")
+    click.echo(f"  server: median {r['server']['median_ms']:.3f} ms, p90 {r['server']['p90_ms']:.3f} ms")
+    click.echo(f"  server/plain: {r['ratio_median']:.3f}")
+    click.echo(f"  client encode+decode: {r['client_ms']:.3f} ms ({r['client_share']:.1%} of plain)")
+    if gen:
+        g = r["generate"]
+        for k in ("plain", "encrypted"):
+            click.echo(f"  {k:9}: prefill {g[k]['prefill_tokens_per_s']:.0f} tok/s, "
+                       f"decode {g[k]['decode_tokens_per_s']:.0f} tok/s")
+        click.echo(f"  encrypted/plain: prefill {g['ratio_prefill']:.3f}, decode {g['ratio_decode']:.3f}")
+
+
 if __name__ == "__main__":
     main()

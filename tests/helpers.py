@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass

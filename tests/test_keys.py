@@ -18,11 +18,12 @@ from helpers import G, roundtrip
 
 
 def small_model():
+    """16 channels in and out: two fresh keys collide on a boundary with probability ~1/16!."""
     g = G(seed=7)
-    g.input("x", [1, 3, 4, 4])
-    a = g.node("Relu", [g.conv("x", 3, 16, name="conv1")])
+    g.input("x", [1, 16, 4, 4])
+    a = g.node("Relu", [g.conv("x", 16, 16, name="conv1")])
     a = g.node("Relu", [g.conv(a, 16, 16, 3, name="conv2")])
-    g.conv(a, 16, 6, name="conv3", outputs="y")
+    g.conv(a, 16, 16, name="conv3", outputs="y")
     g.output("y")
     return g.build()
 
@@ -152,7 +153,7 @@ def test_permutations_look_uniform():
     counts = np.zeros(4)
     for i in range(800):
         counts[int(np.argmax(key.permutation(f"l{i}", 4) == 0))] += 1
-    assert counts.min() > 120, counts  # expectation ~200 (identity excluded: still ~1/4 each)
+    assert counts.min() > 100, counts  # expectation ~174-209 per position (identity excluded)
 
 
 def test_key_roundtrips_through_json(tmp_path):
