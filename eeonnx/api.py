@@ -10,16 +10,22 @@ from eeonnx import pipeline, runtime
 
 
 def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
+            split="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
             quiet=True) -> pipeline.Compilation:
     """Compile ``model`` (path or ModelProto) into the artifact directory ``out``.
 
     ``key``: path of a key.json to reuse (same key + same model = same artifact).
     ``dims``: {symbol: size} for symbolic dims the analysis needs fixed.
+    ``split``: "auto" moves weak boundary layers to the client until every
+    crossing content tensor has ``min_key_bits``; "none" keeps the boundary
+    at the model's inputs/outputs (weak ones refused unless in ``allow_weak``);
+    ``split_at``: tensor names to cut at by hand ("in:NAME" / "out:NAME").
     Raises eeonnx.errors.EEError subclasses on refusal.
     """
     del quiet
     return pipeline.compile_model(model, os.fspath(out), key=key, dims=dims, strict=strict,
-                                  force=force, allow_clear=allow_clear)
+                                  force=force, allow_clear=allow_clear, split_mode=split,
+                                  min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak)
 
 
 def check(model, *, dims=None) -> pipeline.Compilation:
@@ -91,8 +97,8 @@ class Client:
         self._dec = runtime.session(os.path.join(client, "decode.onnx"), list(providers))
         self.input_names = [i.name for i in self._enc.get_inputs()]
         self.output_names = [o.name for o in self._dec.get_outputs()]
-        self.server_inputs = [c["wire_name"] for c in self.manifest["inputs"]]
-        self.server_outputs = [c["wire_name"] for c in self.manifest["outputs"]]
+        self.server_inputs = self.manifest["server_inputs"]
+        self.server_outputs = self.manifest["server_outputs"]
 
     def encode(self, inputs: dict) -> dict:
         """Original inputs (by name) -> server inputs (by server input name)."""

@@ -72,11 +72,21 @@ def main(debug: bool) -> None:
               help="Fix a symbolic input dim, e.g. --dim batch=1 (repeatable).")
 @click.option("--allow-clear", multiple=True, metavar="NAME",
               help="Accept that this input/output travels unencrypted (repeatable).")
+@click.option("--split", "split_mode", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+              help="auto: run weak first/last layers on the client so every tensor on the wire "
+                   "has --min-key-bits; none: keep the boundary at the model's inputs/outputs.")
+@click.option("--min-key-bits", default=128.0, show_default=True,
+              help="Least key strength (log2 of the permutations) of any content tensor on the wire.")
+@click.option("--split-at", multiple=True, metavar="[in:|out:]NAME",
+              help="Cut at this tensor by hand: in: the client computes it, out: the server returns it.")
+@click.option("--allow-weak", multiple=True, metavar="NAME",
+              help="Accept a wire tensor below --min-key-bits (repeatable).")
 @click.option("--strict", is_flag=True, help="Fail instead of pinning any weight axis to the identity.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT (atomically).")
 @click.option("--verify/--no-verify", "do_verify", default=False, help="Run a golden check after writing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def compile_cmd(model, out, key, dims, allow_clear, strict, force, do_verify, quiet):
+def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, split_at, allow_weak,
+                strict, force, do_verify, quiet):
     """Compile MODEL into an encrypted server model plus client files.
 
     \b
@@ -95,7 +105,8 @@ def compile_cmd(model, out, key, dims, allow_clear, strict, force, do_verify, qu
 
     t0 = time.perf_counter()
     comp = compile_model(model, out, key=key, dims=_dims(dims), strict=strict, force=force,
-                         allow_clear=allow_clear)
+                         allow_clear=allow_clear, split=split_mode, min_key_bits=min_key_bits,
+                         split_at=split_at, allow_weak=allow_weak)
     if not quiet:
         click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))
     if do_verify:

@@ -18,7 +18,7 @@ from eeonnx import __version__
 from eeonnx import layout as L
 from eeonnx.errors import StrictPinError, UnsupportedOpError
 from eeonnx.keys import Key
-from eeonnx.passes import boundary, check, emit, fold, keygen, load, normalize, propagate, state
+from eeonnx.passes import boundary, check, emit, fold, keygen, load, normalize, propagate, split, state
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Compilation:
     analysis: propagate.Analysis | None = None
     classes: dict = field(default_factory=dict)
     state: list = field(default_factory=list)
+    split: split.SplitPlan | None = None
+    server_proto: onnx.ModelProto | None = None
     losses: list = field(default_factory=list)
     perms: dict = field(default_factory=dict)
     weight_bytes: int = 0
@@ -72,6 +74,17 @@ class Compilation:
     def key_bits(self) -> float:
         return sum(c.bits for c in self.classes.values())
 
+    def _server_io(self, kind: str) -> list[str]:
+        """Non-state server inputs/outputs in order (what encode feeds / decode reads)."""
+        state = {s.input for s in self.state} | {s.output for s in self.state}
+        if self.server_proto is not None:
+            g = self.server_proto.graph
+            values = [v.name for v in (g.input if kind == "input" else g.output)]
+        else:
+            g = self.model.graph
+            values = [v.name for v in (g.inputs if kind == "input" else g.outputs)]
+        return [n for n in values if n not in state]
+
     def pins(self) -> list[dict]:
         """Weight axes pinned to the identity by some node, one entry per (node, reason)."""
         merged: dict[tuple, dict] = {}
@@ -95,10 +108,13 @@ class Compilation:
             "source": os.path.basename(self.source),
             "key_fingerprint": self.key.fingerprint(),
             "server": {"path": "server/model.onnx", "sha256": _sha256(server_path)},
-            "encode": {"inputs": [c.name for c in self.inputs],
-                       "outputs": [c.wire_name + boundary.SUFFIX for c in self.inputs]},
-            "decode": {"inputs": [c.wire_name + boundary.SUFFIX for c in self.outputs],
-                       "outputs": [c.name for c in self.outputs]},
+            "server_inputs": self._server_io("input"),
+            "server_outputs": self._server_io("output"),
+            "encode": {"inputs": [i.name for i in self.encode_model.graph.input],
+                       "outputs": [o.name for o in self.encode_model.graph.output]},
+            "decode": {"inputs": [i.name for i in self.decode_model.graph.input],
+                       "outputs": [o.name for o in self.decode_model.graph.output]},
+            "split": self.split.summary() if self.split is not None else None,
             "inputs": [crossing(c) for c in self.inputs],
             "outputs": [crossing(c) for c in self.outputs],
             "state": [{"input": s.input, "output": s.output, "axis": s.axis, "dtype": s.dtype,
@@ -109,7 +125,9 @@ class Compilation:
             "coverage": {"weight_bytes": self.weight_bytes, "permuted_bytes": self.permuted_bytes,
                          "share": round(self.permuted_bytes / self.weight_bytes, 4) if self.weight_bytes else 0.0},
             "pins": self.pins(),
-            "nodes": {"original": self.original_nodes, "server": len(self.model.graph)},
+            "nodes": {"original": self.original_nodes,
+                      "server": len(self.server_proto.graph.node) if self.server_proto is not None
+                      else len(self.model.graph)},
         }
 
 
@@ -153,7 +171,8 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=()) -> Comp
 
 
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
-                  allow_clear=(), progress=None) -> Compilation:
+                  allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
+                  progress=None) -> Compilation:
     """Compile ``model`` into the artifact directory ``out``; see the module docstring."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
@@ -165,6 +184,9 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     if strict and comp.pins():
         p = comp.pins()[0]
         raise StrictPinError(f"--strict: node '{p['node']}' pins an axis: {p['reason']}")
+    comp.split = split.plan_split(comp, comp.model, split_mode, min_key_bits, tuple(split_at),
+                                  tuple(allow_weak) + tuple(allow_clear))
+    split.drop_client_only_classes(comp, comp.model, comp.split)
     fold.FoldPass(comp)(comp.model)
     boundary.BoundaryPass(comp)(comp.model)
     emit.emit(comp, out, force)

@@ -35,12 +35,24 @@ def compile_summary(comp, out: str, seconds: float) -> str:
     ]
     for title, items in (("input ", comp.inputs), ("output", comp.outputs)):
         for c in items:
-            state = f"clear ({c.reason})" if c.clear else "layout " + " x ".join(c.layout)
+            state = (c.reason if c.reason.startswith(("read by", "made by")) else f"clear ({c.reason})") \
+                if c.clear else "layout " + " x ".join(c.layout)
             lines.append(f"  {title} {c.name} {c.shape}: {state}")
+    if comp.split is not None:
+        s = comp.split
+        if s.active:
+            lines.append(f"  client split: {len(s.prefix)} node(s) in encode.onnx, {len(s.suffix)} in decode.onnx; "
+                         f"client share {s.flops_client / max(1, s.flops_total):.1%} of FLOPs, "
+                         f"{s.bytes_client / max(1, s.bytes_total):.1%} of weight bytes")
+        for name, bits in s.bits.items():
+            lines.append(f"  wire {name}: {bits:.0f} key bits")
+        for name in s.public:
+            lines.append(f"  wire {name}: public structure (clear)")
     pins = pins_lines(comp)
     lines.append(f"  pinned axes: {len(pins) or 'none'}")
     lines += [f"    {p}" for p in pins]
-    lines.append(f"  nodes: {len(comp.model.graph)} on the server ({comp.original_nodes} in the original)")
+    server_nodes = len(comp.server_proto.graph.node) if comp.server_proto is not None else len(comp.model.graph)
+    lines.append(f"  nodes: {server_nodes} on the server ({comp.original_nodes} in the original)")
     return "\n".join(lines)
 
 

@@ -65,7 +65,13 @@ def encrypt_tokenizer(src_path: str, id_map: np.ndarray, dst_path: str) -> dict:
     Rewritten: ``model.vocab`` (WordPiece / BPE / WordLevel: token -> id;
     Unigram: the list of ``[piece, score]`` is reordered so that position
     ``id_map[i]`` holds piece i, and ``model.unk_id`` is mapped), each
-    ``added_tokens[*].id``, the post-processor's special-token ids
+    ``added_tokens[*].id`` (``tokenizers`` ignores these ids on load and
+    numbers added tokens it does not find in the model's vocabulary after it,
+    so such a token is also entered in ``model.vocab`` at its encrypted id;
+    this is invisible to encoding as long as the added-token matcher extracts
+    every occurrence before the model sees the text, which holds unless a
+    ``single_word`` / ``normalized: false`` token's content can still reach
+    the model), the post-processor's special-token ids
     (TemplateProcessing ``special_tokens[*].ids``, BertProcessing /
     RobertaProcessing ``sep`` / ``cls``, Sequence recursively; ByteLevel has
     none) and ``padding.pad_id``.
@@ -76,7 +82,8 @@ def encrypt_tokenizer(src_path: str, id_map: np.ndarray, dst_path: str) -> dict:
     model or post-processor type is unknown.
 
     Returns a summary: ``model_type``, ``vocab_size`` (entries in model.vocab),
-    ``added_tokens`` (added-token ids remapped), ``special_tokens`` (other ids
+    ``added_tokens`` (added-token ids remapped), ``pinned_in_vocab`` (added
+    tokens entered in ``model.vocab``), ``special_tokens`` (other ids
     remapped: post-processor, padding, unk_id), ``embedding_rows``
     (``len(id_map)``).
     """
@@ -105,20 +112,49 @@ def encrypt_tokenizer_json(data: dict, id_map: np.ndarray, source: str = "tokeni
     mtype = _model_type(model, source)
     if mtype == "Unigram":
         vocab_size = _map_unigram(model, m)
+        pieces = {e[0]: j for j, e in enumerate(model["vocab"]) if e is not None}
     else:
         vocab = model.get("vocab")
         if not isinstance(vocab, dict):
             raise TokenizerMapError(f"{source}: {mtype} model.vocab is not a token -> id object")
-        mapped = {tok: m(i, f"model.vocab[{tok!r}]") for tok, i in vocab.items()}
-        # canonical order (as `tokenizers` saves it): by id
-        model["vocab"] = dict(sorted(mapped.items(), key=lambda kv: kv[1]))
+        pieces = {tok: m(i, f"model.vocab[{tok!r}]") for tok, i in vocab.items()}
         vocab_size = len(vocab)
 
-    n_added = 0
+    # `tokenizers` ignores the ids in added_tokens when it loads a file: a token found in
+    # the model's vocabulary gets that id, any other gets the next id after the model's
+    # vocabulary. Encrypted ids are scattered, so every added token is pinned by an entry
+    # in the model's vocabulary at its encrypted id.
+    n_added = n_pinned = 0
+    taken = set(pieces.values())
     for k, tok in enumerate(out.get("added_tokens") or []):
-        if "id" in tok:
-            tok["id"] = m(tok["id"], f"added_tokens[{k}] ({tok.get('content')!r})")
-            n_added += 1
+        if "id" not in tok:
+            continue
+        content = tok.get("content")
+        new = m(tok["id"], f"added_tokens[{k}] ({content!r})")
+        if content in pieces:
+            if pieces[content] != new:
+                raise TokenizerMapError(
+                    f"{source}: added token {content!r} has id {tok['id']} but the model's vocabulary gives it "
+                    f"another id: the file is inconsistent (load and save it with `tokenizers` first)"
+                )
+        else:
+            if new in taken:
+                raise TokenizerMapError(
+                    f"{source}: added token {content!r} has id {tok['id']}, which the model's vocabulary already "
+                    f"gives to another token: the file is inconsistent"
+                )
+            pieces[content] = new
+            taken.add(new)
+            if mtype == "Unigram":
+                _unigram_put(model, new, content)
+            n_pinned += 1
+        tok["id"] = new
+        n_added += 1
+    if mtype == "Unigram":
+        _unigram_fill(model)
+    else:
+        # canonical order (as `tokenizers` saves it): by id
+        model["vocab"] = dict(sorted(pieces.items(), key=lambda kv: kv[1]))
 
     pp = out.get("post_processor")
     if pp is not None:
@@ -133,6 +169,7 @@ def encrypt_tokenizer_json(data: dict, id_map: np.ndarray, source: str = "tokeni
         "model_type": mtype,
         "vocab_size": vocab_size,
         "added_tokens": n_added,
+        "pinned_in_vocab": n_pinned,
         "special_tokens": m.specials,
         "embedding_rows": m.n,
     }
@@ -185,30 +222,42 @@ def _model_type(model: dict, source: str) -> str:
 
 
 def _map_unigram(model: dict, m: _Mapper) -> int:
+    """Reorder the Unigram pieces by encrypted id; holes stay None until :func:`_unigram_fill`."""
     vocab = model.get("vocab")
     if not isinstance(vocab, list):
         raise TokenizerMapError(f"{m.source}: Unigram model.vocab is not a list of [piece, score]")
     V = len(vocab)
     if V > m.n:
         m(V - 1, f"model.vocab[{V - 1}]")  # raises: vocabulary larger than the table
-    new_ids = [m(i, f"model.vocab[{i}]") for i in range(V)]
-    size = max(new_ids) + 1 if new_ids else 0
-    slots: list = [None] * size
-    for i, j in enumerate(new_ids):
-        slots[j] = vocab[i]
-    if size > V:
-        low = min((float(e[1]) for e in vocab), default=0.0)
-        pieces = {e[0] for e in vocab}
-        for j in range(size):
-            if slots[j] is None:
-                filler = _UNIGRAM_FILLER.format(j)
-                assert filler not in pieces
-                slots[j] = [filler, low]
+    slots: list = []
+    for i, entry in enumerate(vocab):
+        _unigram_put(model, m(i, f"model.vocab[{i}]"), entry[0], entry[1], slots)
     model["vocab"] = slots
+    model["_eeonnx_low"] = min((float(e[1]) for e in vocab), default=0.0)
     if model.get("unk_id") is not None:
         model["unk_id"] = m(model["unk_id"], "model.unk_id")
         m.specials += 1
     return V
+
+
+def _unigram_put(model: dict, j: int, piece: str, score=None, slots: list | None = None) -> None:
+    slots = model["vocab"] if slots is None else slots
+    if j >= len(slots):
+        slots.extend([None] * (j + 1 - len(slots)))
+    # an added token outside the pieces: lowest score, so the unknown-token penalty is unchanged
+    slots[j] = [piece, model["_eeonnx_low"] if score is None else score]
+
+
+def _unigram_fill(model: dict) -> None:
+    slots = model["vocab"]
+    low = model.pop("_eeonnx_low")
+    pieces = {e[0] for e in slots if e is not None}
+    for j, e in enumerate(slots):
+        if e is None:
+            filler = _UNIGRAM_FILLER.format(j)
+            if filler in pieces:  # pragma: no cover - a vocabulary holding our own filler
+                raise TokenizerMapError(f"Unigram vocabulary already holds the filler piece {filler!r}")
+            slots[j] = [filler, low]
 
 
 def _map_processor(pp: dict, m: _Mapper, where: str) -> None:

@@ -92,20 +92,20 @@ class _Builder:
 def build_mlp() -> onnx.ModelProto:
     """x [batch, 64] -> Gemm/Relu -> Gemm/Relu -> MatMul+Add -> Softmax -> probs [batch, 10]."""
     b = _Builder(seed=0)
-    h = b.op("Gemm", ["x", b.weight("fc1.weight", (32, 64)), b.bias("fc1.bias", 32)],
+    h = b.op("Gemm", ["x", b.weight("fc1.weight", (64, 64)), b.bias("fc1.bias", 64)],
              "fc1", transB=1)
     h = b.op("Relu", [h], "relu1")
-    h = b.op("Gemm", [h, b.weight("fc2.weight", (32, 32)), b.bias("fc2.bias", 32)],
+    h = b.op("Gemm", [h, b.weight("fc2.weight", (64, 64)), b.bias("fc2.bias", 64)],
              "fc2", transB=1)
     h = b.op("Relu", [h], "relu2")
-    h = b.op("MatMul", [h, b.weight("head.weight", (32, 10), fan_in=32)], "head_matmul")
+    h = b.op("MatMul", [h, b.weight("head.weight", (64, 10), fan_in=64)], "head_matmul")
     h = b.op("Add", [h, b.bias("head.bias", 10)], "head_add")
     b.op("Softmax", [h], "softmax", output="probs", axis=-1)
     return b.model(
         "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10])],
-        "Demo MLP: 64 -> 32 -> 32 -> 10 with a softmax head.",
+        "Demo MLP: 64 -> 64 -> 64 -> 10 with a softmax head.",
     )
 
 
@@ -114,40 +114,43 @@ def build_cnn() -> onnx.ModelProto:
     b = _Builder(seed=0)
     relu = lambda x, n: b.op("Relu", [x], n)  # noqa: E731
 
-    # stem: Conv + BN + Relu, 3 -> 16 channels
-    x = relu(b.bn(b.conv("image", 3, 16, 3, "stem.conv", bias=False), 16, "stem.bn"), "stem.relu")
+    # Widths are chosen so that every tensor a default `--split auto` compile
+    # puts on the wire carries >= 128 key bits (a class of n channels gives
+    # log2(n!) bits: 48 channels = 203 bits).
+    # stem: Conv + BN + Relu, 3 -> 48 channels
+    x = relu(b.bn(b.conv("image", 3, 48, 3, "stem.conv", bias=False), 48, "stem.bn"), "stem.relu")
 
     # residual block: Conv-BN-Relu-Conv-BN + skip, Relu
-    r = relu(b.bn(b.conv(x, 16, 16, 3, "res.conv1", bias=False), 16, "res.bn1"), "res.relu1")
-    r = b.bn(b.conv(r, 16, 16, 3, "res.conv2", bias=False), 16, "res.bn2")
+    r = relu(b.bn(b.conv(x, 48, 48, 3, "res.conv1", bias=False), 48, "res.bn1"), "res.relu1")
+    r = b.bn(b.conv(r, 48, 48, 3, "res.conv2", bias=False), 48, "res.bn2")
     x = relu(b.op("Add", [x, r], "res.add"), "res.relu2")
 
-    # DenseNet-style block: concat(input, conv(input)) on channels, 16 + 8 = 24
-    d = relu(b.conv(x, 16, 8, 3, "dense.conv"), "dense.relu")
+    # DenseNet-style block: concat(input, conv(input)) on channels, 48 + 16 = 64
+    d = relu(b.conv(x, 48, 16, 3, "dense.conv"), "dense.relu")
     x = b.op("Concat", [x, d], "dense.concat", axis=1)
 
-    # depthwise-separable block: depthwise 3x3 (group=24) + pointwise 1x1, 24 -> 32
-    x = relu(b.conv(x, 24, 24, 3, "dw.conv", group=24), "dw.relu")
-    x = relu(b.conv(x, 24, 32, 1, "pw.conv"), "pw.relu")
+    # depthwise-separable block: depthwise 3x3 (group=64) + pointwise 1x1, 64 -> 96
+    x = relu(b.conv(x, 64, 64, 3, "dw.conv", group=64), "dw.relu")
+    x = relu(b.conv(x, 64, 96, 1, "pw.conv"), "pw.relu")
 
-    # ShuffleNet channel shuffle, g = 4 groups of 8 channels
-    x = b.op("Reshape", [x, b.const("shuffle.shape1", np.array([1, 4, 8, 32, 32], np.int64))],
+    # ShuffleNet channel shuffle, g = 2 groups of 48 channels
+    x = b.op("Reshape", [x, b.const("shuffle.shape1", np.array([1, 2, 48, 32, 32], np.int64))],
              "shuffle.reshape1")
     x = b.op("Transpose", [x], "shuffle.transpose", perm=[0, 2, 1, 3, 4])
-    x = b.op("Reshape", [x, b.const("shuffle.shape2", np.array([1, 32, 32, 32], np.int64))],
+    x = b.op("Reshape", [x, b.const("shuffle.shape2", np.array([1, 96, 32, 32], np.int64))],
              "shuffle.reshape2")
 
     # squeeze-and-excitation
     s = b.op("GlobalAveragePool", [x], "se.pool")
-    s = relu(b.conv(s, 32, 8, 1, "se.fc1"), "se.relu")
-    s = b.op("HardSigmoid", [b.conv(s, 8, 32, 1, "se.fc2")], "se.gate", alpha=1.0 / 6, beta=0.5)
+    s = relu(b.conv(s, 96, 24, 1, "se.fc1"), "se.relu")
+    s = b.op("HardSigmoid", [b.conv(s, 24, 96, 1, "se.fc2")], "se.gate", alpha=1.0 / 6, beta=0.5)
     x = b.op("Mul", [x, s], "se.mul")
 
     # MaxPool, head
     x = b.op("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])
     x = b.op("GlobalAveragePool", [x], "head.pool")
     x = b.op("Flatten", [x], "head.flatten", axis=1)
-    b.op("Gemm", [x, b.weight("head.weight", (10, 32)), b.bias("head.bias", 10)], "head.fc",
+    b.op("Gemm", [x, b.weight("head.weight", (10, 96)), b.bias("head.bias", 10)], "head.fc",
          output="logits", transB=1)
     return b.model(
         "cnn",

@@ -85,8 +85,8 @@ def _wordlevel():
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>", "<pad>"]))
-    tok.post_processor = processors.RobertaProcessing(sep=("</s>", tok.token_to_id("</s>")),
-                                                      cls=("<s>", tok.token_to_id("<s>")))
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                      ("<s>", tok.token_to_id("<s>")))
     tok.enable_padding(pad_id=tok.token_to_id("<pad>"), pad_token="<pad>", direction="left")
     return tok
 
@@ -100,8 +100,8 @@ def _unigram():
         CORPUS, trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "<unk>", "<cls>", "<sep>"],
                                         unk_token="<unk>"),
     )
-    tok.post_processor = processors.BertProcessing(sep=("<sep>", tok.token_to_id("<sep>")),
-                                                   cls=("<cls>", tok.token_to_id("<cls>")))
+    tok.post_processor = processors.BertProcessing(("<sep>", tok.token_to_id("<sep>")),
+                                                   ("<cls>", tok.token_to_id("<cls>")))
     return tok
 
 
@@ -301,3 +301,26 @@ def test_not_a_tokenizer(tmp_path):
     src.write_text("not json")
     with pytest.raises(ValueError, match=r"cannot read tokenizer"):
         encrypt_tokenizer(str(src), _id_map(3, 0), str(tmp_path / "e.json"))
+
+
+def test_inconsistent_added_token_id(tmp_path):
+    src = tmp_path / "t.json"
+    tok = _wordlevel()
+    d = json.loads(tok.to_str())
+    d["added_tokens"][0]["id"] = d["added_tokens"][1]["id"]  # '<unk>' claims the id of '<s>'
+    src.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"inconsistent"):
+        encrypt_tokenizer(str(src), _id_map(tok.get_vocab_size(), 0), str(tmp_path / "e.json"))
+
+
+def test_no_tokenizers_import_at_runtime():
+    import ast
+    import inspect
+
+    import eeonnx.tokenizer as mod
+
+    names = {a.name.split(".")[0] for n in ast.walk(ast.parse(inspect.getsource(mod)))
+             if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(ast.parse(inspect.getsource(mod)))
+              if isinstance(n, ast.ImportFrom) and n.module}
+    assert "tokenizers" not in names

@@ -66,7 +66,7 @@ def _shape(v: ir.Value) -> list:
     return [d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in v.shape]
 
 
-def crossings(comp, values: list[ir.Value], is_input: bool) -> list[Crossing]:
+def crossings(comp, values: list[ir.Value], is_input: bool, refuse: bool = True) -> list[Crossing]:
     an, perms = comp.analysis, comp.perms
     out = []
     for v in values:
@@ -90,6 +90,9 @@ def crossings(comp, values: list[ir.Value], is_input: bool) -> list[Crossing]:
                 c.reason = "integer/boolean input that indexes no secret axis: public structure"
             elif v.name in comp.allow_clear:
                 c.reason = "allowed in the clear (--allow-clear)"
+            elif not refuse:
+                c.reason = ("read by the client layers in encode.onnx" if is_input
+                            else "made by the client layers in decode.onnx")
             else:
                 c.refused = True
                 c.reason = "its shape is unknown" if terms is None else "no secret axis reaches it"
@@ -177,6 +180,9 @@ class BoundaryPass:
 
     def __call__(self, model: ir.Model) -> None:
         comp = self.comp
+        if comp.split is not None and comp.split.active:
+            build_split(comp, model, comp.split)
+            return
         state_in = {s.input for s in comp.state}
         state_out = {s.output for s in comp.state}
         comp.inputs = crossings(comp, [v for v in model.graph.inputs if v.name not in state_in], True)
@@ -188,3 +194,96 @@ class BoundaryPass:
         infos = comp.original_infos
         comp.encode_model = build_client_graph("encode", comp.inputs, infos)
         comp.decode_model = build_client_graph("decode", comp.outputs, infos)
+
+
+def _rename(node: onnx.NodeProto, inputs: dict[str, str], outputs: dict[str, str]) -> onnx.NodeProto:
+    n = onnx.NodeProto()
+    n.CopyFrom(node)
+    for k, name in enumerate(n.input):
+        n.input[k] = inputs.get(name, name)
+    for k, name in enumerate(n.output):
+        n.output[k] = outputs.get(name, name)
+    return n
+
+
+def _subgraph_model(full: onnx.ModelProto, name: str, nodes, inputs, outputs, extra_inits=()) -> onnx.ModelProto:
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in full.graph.initializer if t.name in used] + list(extra_inits)
+    graph = helper.make_graph(list(nodes), name, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=list(full.opset_import), producer_name="eeonnx")
+    model.ir_version = full.ir_version
+    return model
+
+
+def build_split(comp, model: ir.Model, plan) -> None:
+    """Server = the nodes between the cut; encode = input gathers + client prefix;
+    decode = client suffix + output gathers. Client layers run the folded weights,
+    so wire tensors leave them already in the server's layout."""
+    full = ir.serde.serialize_model(model)
+    infos = {vi.name: vi for vi in list(full.graph.value_info) + list(full.graph.input) + list(full.graph.output)}
+    by_name = {v.name: v for v in model.graph.inputs}
+    by_name.update({o.name: o for n in model.graph for o in n.outputs})
+    for name in plan.wire_in + plan.wire_out:
+        if name not in infos:
+            infos[name] = ir.serde.serialize_value(by_name[name])
+    state_in = {s.input for s in comp.state}
+    state_out = {s.output for s in comp.state}
+    client = plan.prefix | plan.suffix
+    server_nodes = [n for k, n in enumerate(full.graph.node) if k not in client]
+    comp.server_proto = _subgraph_model(
+        full, full.graph.name or "server", server_nodes,
+        [infos[n] for n in plan.wire_in], [infos[n] for n in plan.wire_out])
+
+    original_in = [v.name for v in model.graph.inputs if v.name not in state_in]
+    original_out = [v.name for v in model.graph.outputs if v.name not in state_out]
+    comp.inputs = crossings(comp, [by_name[n] for n in original_in], True, refuse=False)
+
+    # encode: gathers on original inputs, then the prefix
+    nodes, inits, outs = [], [], []
+    renamed = {}
+    for i, c in enumerate(comp.inputs):
+        if c.encrypted:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(comp.original_infos[c.name].type.tensor_type.elem_type)
+            n, t = _gather_chain(c.name, c.name + SUFFIX, c, inverse=False, tag=f"encode{i}", dtype=dtype)
+            nodes += n
+            inits += t
+            renamed[c.name] = c.name + SUFFIX
+        c.clear = not c.encrypted
+    nodes += [_rename(full.graph.node[k], renamed, {}) for k in sorted(plan.prefix)]
+    for name in plan.wire_in:
+        if name in state_in:
+            continue
+        if name in original_in:
+            if name not in renamed:
+                nodes.append(helper.make_node("Identity", [name], [name + SUFFIX], name=f"encode_pass_{name}"))
+                renamed[name] = name + SUFFIX
+            outs.append(_value_info(renamed[name], infos[name]))
+        else:
+            outs.append(_value_info(name, infos[name]))
+    comp.encode_model = _subgraph_model(full, "encode", nodes, [comp.original_infos[n] for n in original_in],
+                                        outs, inits)
+
+    # decode: the suffix, then inverse gathers on original outputs still in the server layout
+    nodes, inits, ins = [], [], []
+    suffix_inputs = {}
+    for name in plan.wire_out:
+        if name in state_out:
+            continue
+        wire = name + SUFFIX if name in original_out else name
+        ins.append(_value_info(wire, infos[name]))
+        if name in original_out:
+            suffix_inputs[name] = wire
+    produced_by_suffix = {o for k in plan.suffix for o in full.graph.node[k].output}
+    out_rename = {n: n + "__sfx" for n in original_out if n in produced_by_suffix}
+    nodes += [_rename(full.graph.node[k], suffix_inputs, out_rename) for k in sorted(plan.suffix)]
+    items = crossings(comp, [by_name[n] for n in original_out], False, refuse=False)
+    for i, c in enumerate(items):
+        src = out_rename.get(c.name) or suffix_inputs.get(c.name, c.name + SUFFIX)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(comp.original_infos[c.name].type.tensor_type.elem_type)
+        n, t = _gather_chain(src, c.name, c, inverse=True, tag=f"decode{i}", dtype=dtype)
+        nodes += n
+        inits += t
+        c.clear = not c.encrypted
+    comp.outputs = items
+    comp.decode_model = _subgraph_model(full, "decode", nodes, ins,
+                                        [comp.original_infos[n] for n in original_out], inits)

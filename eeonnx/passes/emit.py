@@ -79,7 +79,11 @@ def _write(comp, root: str) -> None:
     os.chmod(client_dir, 0o700)
     server_path = os.path.join(server_dir, "model.onnx")
     external = comp.weight_bytes > EXTERNAL_DATA_THRESHOLD or comp.had_external_data
-    ir.save(comp.model, server_path, external_data="model.onnx.data" if external else None)
+    if comp.server_proto is not None:  # client split: the server is a subgraph
+        onnx.save(comp.server_proto, server_path, save_as_external_data=external,
+                  location="model.onnx.data")
+    else:
+        ir.save(comp.model, server_path, external_data="model.onnx.data" if external else None)
     onnx.save(comp.encode_model, os.path.join(client_dir, "encode.onnx"))
     onnx.save(comp.decode_model, os.path.join(client_dir, "decode.onnx"))
     write_key(comp.key, os.path.join(client_dir, "key.json"))

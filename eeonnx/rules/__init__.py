@@ -182,6 +182,12 @@ class NodeView:
         self.analysis.values.bind(self.analysis.slot(self.node.inputs[i]), term,
                                   f"{self.node.op_type}: indexed tables do not match")
 
+    def index_out(self, o: int, term: L.Term) -> None:
+        """Output o's values are positions on an axis with layout ``term`` (ArgMax, TopK)."""
+        self._values_out.add(o)
+        self.analysis.values.bind(self.analysis.slot(self.node.outputs[o]), term,
+                                  f"{self.node.op_type}: indexed tables do not match")
+
     # -- equations -----------------------------------------------------------
     def unify(self, a: L.Term, b: L.Term, why: str | None = None) -> None:
         self.analysis.unifier.unify(a, b, why or f"{self.node.op_type}: layouts cannot be matched")
@@ -222,7 +228,8 @@ class NodeView:
 
 def load_all() -> None:
     """Import every rule module so that the registry is complete."""
-    from eeonnx.rules import elementwise, linear, reduce, shape, spatial  # noqa: F401
+    from eeonnx.rules import elementwise, indexing, linear, recurrent, reduce, shape, spatial  # noqa: F401
+    from eeonnx.rules import contrib  # noqa: F401
 
 
 load_all()

@@ -1,0 +1,297 @@
+"""split: decide where the encode/decode boundary sits (the client split).
+
+A permutation is only as strong as its axis: a class of n elements gives
+log2(n!) bits. Every content tensor that crosses the wire (float tensors,
+integer ids that index a permuted table; not masks, positions or the
+server-side state) must reach ``min_bits``. With ``mode="auto"`` the
+smallest convex prefix of the graph moves into encode.onnx and the smallest
+suffix into decode.onnx until that holds:
+
+- prefix: the consumers of a weak wire tensor move to the client together
+  with everything they depend on (closed under predecessors);
+- suffix: the producer of a weak wire tensor moves to the client together
+  with everything that depends on it (closed under successors).
+So no tensor goes server -> client -> server. The analysis reads layouts
+only, never op names.
+
+Invariant: leaves the model unchanged; sets ``comp.split`` (a SplitPlan) and
+makes classes that no longer reach the server (not in a server weight, not
+on a wire tensor) the identity, so client layers need no extra Gather.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from eeonnx import layout as L
+from eeonnx.errors import ClearBoundaryError, EEError
+
+
+class SplitError(EEError):
+    """No convex split gives every crossing tensor enough key bits."""
+
+
+@dataclass
+class SplitPlan:
+    mode: str
+    min_bits: float
+    prefix: set[int] = field(default_factory=set)  # node indices run by encode.onnx
+    suffix: set[int] = field(default_factory=set)  # node indices run by decode.onnx
+    wire_in: list[str] = field(default_factory=list)  # server inputs, in order
+    wire_out: list[str] = field(default_factory=list)  # server outputs, in order
+    bits: dict[str, float] = field(default_factory=dict)  # per crossing tensor
+    public: list[str] = field(default_factory=list)  # crossing tensors that are public structure
+    flops_total: int = 0
+    flops_client: int = 0
+    bytes_total: int = 0
+    bytes_client: int = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.prefix or self.suffix)
+
+    def summary(self) -> dict:
+        return {
+            "mode": self.mode, "min_key_bits": self.min_bits,
+            "client_prefix_nodes": len(self.prefix), "client_suffix_nodes": len(self.suffix),
+            "wire_bits": {k: round(v, 1) for k, v in self.bits.items()},
+            "public_structure": self.public,
+            "client_flops_share": round(self.flops_client / self.flops_total, 4) if self.flops_total else 0.0,
+            "client_weight_bytes_share": round(self.bytes_client / self.bytes_total, 4) if self.bytes_total else 0.0,
+        }
+
+
+def tensor_bits(comp, value: ir.Value) -> float:
+    """Key bits of a tensor: each distinct secret class in its layout counts once."""
+    an = comp.analysis
+    roots = {}
+    for t in an.known(value) or []:
+        for v in L.free_vars(t):
+            if v.uid in comp.classes:
+                roots[v.uid] = comp.classes[v.uid].bits
+    if an.has_slot(value):
+        term = an.values.secret_term(an.slot(value))
+        for v in L.free_vars(term) if term is not None else []:
+            if v.uid in comp.classes:
+                roots[v.uid] = comp.classes[v.uid].bits
+    return sum(roots.values())
+
+
+def is_content(comp, value: ir.Value) -> bool:
+    """Floats, and integers whose values index a table; masks/positions are structure."""
+    if value.dtype is not None and value.dtype.is_floating_point():
+        return True
+    an = comp.analysis
+    return an.has_slot(value) and an.slot(value).root().term is not None
+
+
+def _node_flops(node: ir.Node) -> int:
+    def numel(v):
+        if v is None or v.shape is None:
+            return 0
+        return math.prod(d if isinstance(d, int) else 1 for d in v.shape)
+
+    out = numel(node.outputs[0]) if node.outputs else 0
+    if node.op_type in ("Conv", "ConvTranspose") and node.inputs[1] is not None and node.inputs[1].shape is not None:
+        w = [d if isinstance(d, int) else 1 for d in node.inputs[1].shape]
+        per_out = math.prod(w[1:]) if node.op_type == "Conv" else w[0] * math.prod(w[2:]) // max(1, w[0])
+        return 2 * out * per_out
+    if node.op_type in ("Gemm", "MatMul") and node.inputs[0] is not None and node.inputs[0].shape is not None:
+        k = node.inputs[0].shape[0 if node.attributes.get("transA") and node.attributes["transA"].value else -1]
+        return 2 * out * (k if isinstance(k, int) else 1)
+    return out
+
+
+class _Graph:
+    def __init__(self, model: ir.Model, comp):
+        self.nodes = list(model.graph)
+        self.index = {id(n): i for i, n in enumerate(self.nodes)}
+        self.inputs = list(model.graph.inputs)
+        self.outputs = list(model.graph.outputs)
+        self.state_in = {s.input for s in comp.state}
+        self.state_out = {s.output for s in comp.state}
+
+    def ancestors(self, i: int) -> set[int]:
+        seen, stack = set(), [i]
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            for v in self.nodes[k].inputs:
+                if v is not None and v.producer() is not None:
+                    stack.append(self.index[id(v.producer())])
+        return seen
+
+    def descendants(self, i: int) -> set[int]:
+        seen, stack = set(), [i]
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            for o in self.nodes[k].outputs:
+                stack.extend(self.index[id(c)] for c in o.consumers())
+        return seen
+
+    def wire_in(self, prefix: set[int]) -> list[ir.Value]:
+        """Server inputs: graph inputs consumed on the server, then prefix outputs it needs."""
+        out = [v for v in self.inputs
+               if any(self.index[id(c)] not in prefix for c in v.consumers()) or v.is_graph_output()]
+        for k in sorted(prefix):
+            for o in self.nodes[k].outputs:
+                if any(self.index[id(c)] not in prefix for c in o.consumers()) or o.is_graph_output():
+                    out.append(o)
+        return out
+
+    def wire_out(self, suffix: set[int]) -> list[ir.Value]:
+        """Server outputs: graph outputs made on the server, then what the suffix consumes."""
+        out = [v for v in self.outputs if v.producer() is None or self.index[id(v.producer())] not in suffix]
+        seen = {id(v) for v in out}
+        for k in sorted(suffix):
+            for v in self.nodes[k].inputs:
+                if v is None or id(v) in seen or v.const_value is not None:
+                    continue
+                p = v.producer()
+                if p is None or self.index[id(p)] not in suffix:
+                    out.append(v)
+                    seen.add(id(v))
+        return out
+
+
+def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.0,
+               split_at: tuple[str, ...] = (), allow_weak: tuple[str, ...] = ()) -> SplitPlan:
+    g = _Graph(model, comp)
+    plan = SplitPlan(mode=mode, min_bits=min_bits)
+
+    def weak(values):
+        return [v for v in values if v.name not in g.state_in | g.state_out and v.name not in allow_weak
+                and is_content(comp, v) and tensor_bits(comp, v) < min_bits]
+
+    if split_at:
+        by_name = {o.name: o for n in g.nodes for o in n.outputs}
+        for spec in split_at:
+            side, _, name = spec.rpartition(":")
+            v = by_name.get(name)
+            if v is None:
+                raise SplitError(f"--split-at {spec}: no tensor named '{name}' is computed in the graph")
+            k = g.index[id(v.producer())]
+            side = side or ("in" if k < len(g.nodes) / 2 else "out")
+            if side == "in":
+                plan.prefix |= g.ancestors(k)
+            elif side == "out":
+                plan.suffix |= {d for c in v.consumers() for d in g.descendants(g.index[id(c)])}
+            else:
+                raise SplitError(f"--split-at {spec}: side must be 'in' or 'out'")
+    elif mode == "auto":
+        while True:
+            grow = set()
+            for v in weak(g.wire_in(plan.prefix)):
+                for c in v.consumers():
+                    if g.index[id(c)] not in plan.prefix:
+                        grow |= g.ancestors(g.index[id(c)])
+            if not grow:
+                break
+            plan.prefix |= grow
+        while True:
+            grow = set()
+            for v in weak(g.wire_out(plan.suffix)):
+                p = v.producer()
+                if p is None:
+                    raise SplitError(f"input '{v.name}' reaches an output with only "
+                                     f"{tensor_bits(comp, v):.0f} key bits: no split helps")
+                grow |= g.descendants(g.index[id(p)])
+            if not grow:
+                break
+            plan.suffix |= grow
+    elif mode != "none":
+        raise SplitError(f"unknown split mode '{mode}' (auto or none)")
+
+    _check_convex(comp, g, plan)
+    wire_in, wire_out = g.wire_in(plan.prefix), g.wire_out(plan.suffix)
+    plan.wire_in = [v.name for v in wire_in]
+    plan.wire_out = [v.name for v in wire_out]
+    for v in wire_in + wire_out:
+        if v.name in g.state_in | g.state_out:
+            continue
+        if is_content(comp, v):
+            plan.bits[v.name] = tensor_bits(comp, v)
+        else:
+            plan.public.append(v.name)
+    still_weak = weak(wire_in + wire_out)
+    if still_weak:
+        v = still_weak[0]
+        raise ClearBoundaryError(
+            f"'{v.name}' {_shape(v)} would cross the wire with {tensor_bits(comp, v):.1f} key bits "
+            f"(< {min_bits:g}): {'use --split auto or --split-at' if mode != 'auto' else 'no split helps'}, "
+            f"lower --min-key-bits, or pass --allow-weak {v.name}")
+    _measure(model, g, plan)
+    return plan
+
+
+def _shape(v: ir.Value) -> list:
+    return [] if v.shape is None else [d if isinstance(d, int) else d.value for d in v.shape]
+
+
+def _check_convex(comp, g: _Graph, plan: SplitPlan) -> None:
+    both = plan.prefix & plan.suffix
+    if both or len(plan.prefix | plan.suffix) == len(g.nodes):
+        raise SplitError(
+            "every crossing tensor would need the whole model on the client: no split reaches "
+            f"{plan.min_bits:g} key bits (lower --min-key-bits, or --split none with --allow-weak)")
+    for k in plan.prefix:
+        n = g.nodes[k]
+        if any(v is not None and v.name in g.state_in for v in n.inputs):
+            raise SplitError(f"node '{n.name}' would move to the client but reads server state")
+        if any(o.is_graph_output() for o in n.outputs):
+            raise SplitError(f"output '{n.outputs[0].name}' would be computed by the client prefix")
+    for k in plan.suffix:
+        if any(o.name in g.state_out for o in g.nodes[k].outputs):
+            raise SplitError(f"node '{g.nodes[k].name}' would move to the client but writes server state")
+
+
+def _measure(model: ir.Model, g: _Graph, plan: SplitPlan) -> None:
+    client = plan.prefix | plan.suffix
+    for k, n in enumerate(g.nodes):
+        f = _node_flops(n)
+        plan.flops_total += f
+        if k in client:
+            plan.flops_client += f
+    for value in model.graph.initializers.values():
+        if value.const_value is None:
+            continue
+        b = value.const_value.nbytes
+        plan.bytes_total += b
+        users = {g.index[id(c)] for c in value.consumers()}
+        if users and users <= client:
+            plan.bytes_client += b
+
+
+def drop_client_only_classes(comp, model: ir.Model, plan: SplitPlan) -> None:
+    """Classes that never reach the server protect nothing: make them the identity."""
+    if not plan.active:
+        return
+    g = _Graph(model, comp)
+    client = plan.prefix | plan.suffix
+    on_server: set[int] = set()
+
+    def collect(value):
+        for t in comp.analysis.known(value) or []:
+            on_server.update(v.uid for v in L.free_vars(t))
+        if comp.analysis.has_slot(value):
+            term = comp.analysis.values.secret_term(comp.analysis.slot(value))
+            if term is not None:
+                on_server.update(v.uid for v in L.free_vars(term))
+
+    for value in model.graph.initializers.values():
+        if any(g.index[id(c)] not in client for c in value.consumers()):
+            collect(value)
+    by_name = {v.name: v for v in g.inputs + g.outputs}
+    by_name.update({o.name: o for n in g.nodes for o in n.outputs})
+    for name in plan.wire_in + plan.wire_out:
+        collect(by_name[name])
+    for uid in [u for u in comp.classes if u not in on_server]:
+        del comp.classes[uid]
+        comp.perms.pop(uid, None)
