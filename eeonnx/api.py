@@ -10,7 +10,7 @@ from eeonnx import pipeline, runtime
 
 
 def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
-            split="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
+            split="auto", min_key_bits=128.0, split_at=(), allow_weak=(), tokenizer=None,
             quiet=True) -> pipeline.Compilation:
     """Compile ``model`` (path or ModelProto) into the artifact directory ``out``.
 
@@ -20,12 +20,15 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
     crossing content tensor has ``min_key_bits``; "none" keeps the boundary
     at the model's inputs/outputs (weak ones refused unless in ``allow_weak``);
     ``split_at``: tensor names to cut at by hand ("in:NAME" / "out:NAME").
+    ``tokenizer``: a Hugging Face tokenizer.json; writes client/tokenizer.json
+    whose ids are the encrypted ids.
     Raises eeonnx.errors.EEError subclasses on refusal.
     """
     del quiet
     return pipeline.compile_model(model, os.fspath(out), key=key, dims=dims, strict=strict,
                                   force=force, allow_clear=allow_clear, split_mode=split,
-                                  min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak)
+                                  min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak,
+                                  tokenizer=tokenizer)
 
 
 def check(model, *, dims=None) -> pipeline.Compilation:

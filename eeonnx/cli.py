@@ -81,12 +81,14 @@ def main(debug: bool) -> None:
               help="Cut at this tensor by hand: in: the client computes it, out: the server returns it.")
 @click.option("--allow-weak", multiple=True, metavar="NAME",
               help="Accept a wire tensor below --min-key-bits (repeatable).")
+@click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="A Hugging Face tokenizer.json: also write client/tokenizer.json with encrypted ids.")
 @click.option("--strict", is_flag=True, help="Fail instead of pinning any weight axis to the identity.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT (atomically).")
 @click.option("--verify/--no-verify", "do_verify", default=False, help="Run a golden check after writing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, split_at, allow_weak,
-                strict, force, do_verify, quiet):
+                tokenizer, strict, force, do_verify, quiet):
     """Compile MODEL into an encrypted server model plus client files.
 
     \b
@@ -106,7 +108,7 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
     t0 = time.perf_counter()
     comp = compile_model(model, out, key=key, dims=_dims(dims), strict=strict, force=force,
                          allow_clear=allow_clear, split=split_mode, min_key_bits=min_key_bits,
-                         split_at=split_at, allow_weak=allow_weak)
+                         split_at=split_at, allow_weak=allow_weak, tokenizer=tokenizer)
     if not quiet:
         click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))
     if do_verify:

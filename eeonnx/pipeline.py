@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -37,6 +38,7 @@ class Compilation:
     state: list = field(default_factory=list)
     split: split.SplitPlan | None = None
     server_proto: onnx.ModelProto | None = None
+    tokenizer: dict | None = None
     losses: list = field(default_factory=list)
     perms: dict = field(default_factory=dict)
     weight_bytes: int = 0
@@ -142,6 +144,24 @@ def _publicize(t: L.Term, names: dict[int, str]) -> L.Term:
     return t
 
 
+def _client_tokenizer(comp: Compilation, path: str) -> dict:
+    """The tokenizer JSON with encrypted ids (validated now, written by emit)."""
+    import json
+
+    from eeonnx.tokenizer import TokenizerMapError, encrypt_tokenizer_json
+
+    ids = [c for c in comp.inputs if c.value_index is not None]
+    if not ids:
+        raise TokenizerMapError("--tokenizer: no model input carries token ids (none indexes a permuted table)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise TokenizerMapError(f"--tokenizer {path}: cannot read it ({e})") from None
+    encrypted, _summary = encrypt_tokenizer_json(data, np.argsort(ids[0].value_index), source=path)
+    return encrypted
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -172,7 +192,7 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=()) -> Comp
 
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
                   allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
-                  progress=None) -> Compilation:
+                  tokenizer=None, progress=None) -> Compilation:
     """Compile ``model`` into the artifact directory ``out``; see the module docstring."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
@@ -189,5 +209,7 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     split.drop_client_only_classes(comp, comp.model, comp.split)
     fold.FoldPass(comp)(comp.model)
     boundary.BoundaryPass(comp)(comp.model)
+    if tokenizer is not None:
+        comp.tokenizer = _client_tokenizer(comp, os.fspath(tokenizer))
     emit.emit(comp, out, force)
     return comp

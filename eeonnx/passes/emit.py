@@ -87,6 +87,9 @@ def _write(comp, root: str) -> None:
     onnx.save(comp.encode_model, os.path.join(client_dir, "encode.onnx"))
     onnx.save(comp.decode_model, os.path.join(client_dir, "decode.onnx"))
     write_key(comp.key, os.path.join(client_dir, "key.json"))
+    if comp.tokenizer is not None:
+        with open(os.path.join(client_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(comp.tokenizer, f, ensure_ascii=False)
     manifest = comp.manifest(server_path)
     with open(os.path.join(client_dir, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
