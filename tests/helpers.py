@@ -18,6 +18,7 @@ It returns the :class:`eeonnx.pipeline.Compilation` for further asserts (``.spec
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import re
@@ -305,10 +306,29 @@ class Roundtrip:
     manifest: dict
 
 
+def _compile_defaults(compile_kw: dict) -> dict:
+    """Tests of op rules keep the boundary at the model's inputs/outputs: no client split
+    and no key-bit threshold, unless the caller asks (``split="auto"``, ``min_key_bits``)."""
+    params = inspect.signature(eeonnx.compile).parameters
+    kw = dict(compile_kw)
+    if "split" in params:
+        kw.setdefault("split", "none")
+        if kw["split"] == "none":
+            kw.setdefault("min_key_bits", 0.0)
+    return kw
+
+
+def compile_plain(model, out, **compile_kw):
+    """``eeonnx.compile`` with the boundary at the model's inputs/outputs (see roundtrip)."""
+    return eeonnx.compile(model, out, **_compile_defaults(compile_kw))
+
+
 def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: float = 1e-4,
               seed: int = 0, full: bool = False, **compile_kw):
     """Compile ``model`` into ``tmp_path/out`` and check the artifact (see the module docstring).
 
+    Unless ``split`` is given, compiles with ``split="none", min_key_bits=0`` (the boundary
+    stays at the model's inputs and outputs, so the server graph is the whole model).
     Returns the Compilation, or a :class:`Roundtrip` with every array when ``full``.
     """
     tmp_path = Path(tmp_path)
@@ -316,8 +336,11 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     src = tmp_path / "model.onnx"
     onnx.save(model, src)
     out = tmp_path / "out"
+    compile_kw = _compile_defaults(compile_kw)
     comp = eeonnx.compile(src, out, dims=dims, **compile_kw)
-    allow_clear = set(compile_kw.get("allow_clear", ()))
+    allow_clear = set(compile_kw.get("allow_clear", ())) | set(compile_kw.get("allow_weak", ()))
+    plan = getattr(comp, "split", None)
+    split = plan is not None and plan.active
 
     if feeds is None:
         feeds = random_feeds(model, dims, seed)
@@ -337,20 +360,19 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     orig_in = real_inputs(model)
     assert [i.name for i in enc_proto.graph.input] == [i.name for i in orig_in], \
         f"encode inputs {[i.name for i in enc_proto.graph.input]} are not the model's inputs"
-    assert [i.type.tensor_type.elem_type for i in enc_proto.graph.input] == \
-        [i.type.tensor_type.elem_type for i in orig_in]
-    # encode outputs line up with server inputs, server outputs with decode inputs, by
-    # position (a graph cannot use one name as input and output, so names may differ)
-    srv_inputs = real_inputs(srv_proto)
-    assert [i.name for i in srv_inputs] == server.input_names
-    assert [o.name for o in srv_proto.graph.output] == server.output_names
-    assert _types(enc_proto.graph.output) == _types(srv_inputs)
-    assert _types(srv_proto.graph.output) == _types(dec_proto.graph.input)
-    assert [c["wire_name"] for c in manifest["inputs"]] == server.input_names
-    assert [c["wire_name"] for c in manifest["outputs"]] == server.output_names
+    assert _types(enc_proto.graph.input) == _types(orig_in)
     assert [o.name for o in dec_proto.graph.output] == [o.name for o in model.graph.output]
-    assert [o.type.tensor_type.elem_type for o in dec_proto.graph.output] == \
-        [o.type.tensor_type.elem_type for o in model.graph.output]
+    assert _types(dec_proto.graph.output) == _types(model.graph.output)
+    # encode outputs line up with the server's (non-state) inputs, server outputs with decode
+    # inputs, by position (a graph cannot use one name as input and output, so names may differ)
+    state = {n for s in manifest.get("state", []) for n in (s["input"], s["output"])}
+    srv_in = [i for i in real_inputs(srv_proto) if i.name not in state]
+    srv_out = [o for o in srv_proto.graph.output if o.name not in state]
+    assert [i.name for i in srv_in] == client.server_inputs
+    assert [o.name for o in srv_out] == client.server_outputs
+    assert set(client.server_inputs) <= set(server.input_names)
+    assert _types(enc_proto.graph.output) == _types(srv_in)
+    assert _types(srv_out) == _types(dec_proto.graph.input)
 
     # -- exactness -------------------------------------------------------------
     encoded = client.encode(feeds)
@@ -361,46 +383,67 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
         assert_close(decoded[name], want, rtol, what=f"output '{name}'")
 
     # -- honesty: nothing crosses the wire in the clear ----------------------------
-    wire_in = {c["name"]: c["wire_name"] for c in manifest["inputs"]}
-    wire_value_mapped = {c["name"]: "value_layout" in c for c in manifest["inputs"]}
-    for vi in orig_in:
-        x, e = np.asarray(feeds[vi.name]), encoded[wire_in[vi.name]]
-        assert e.shape == x.shape and e.dtype == x.dtype
-        if np.issubdtype(x.dtype, np.floating) and vi.name not in allow_clear:
-            assert not np.array_equal(e, x), f"input '{vi.name}' reaches the server unchanged"
-            assert _same_multiset(e, x), f"encode of '{vi.name}' is not a permutation of its values"
-        if wire_value_mapped.get(vi.name):
-            assert not np.array_equal(e, x), f"ids '{vi.name}' reach the server unchanged"
-            _assert_bijection(x, e, vi.name)
-    wire_out = {c["name"]: c["wire_name"] for c in manifest["outputs"]}
-    out_value_mapped = {c["name"]: "value_layout" in c for c in manifest["outputs"]}
-    for name, d in decoded.items():
-        s = served[wire_out[name]]
-        if name not in allow_clear:
-            assert not np.array_equal(s, d), f"output '{name}' leaves the server in the clear"
-        if out_value_mapped.get(name):
-            _assert_bijection(s, d, name)
-        else:
-            assert _same_multiset(s, d), f"decode of '{name}' is not a permutation of its values"
+    crossing_in = {c["name"]: c for c in manifest["inputs"]}
+    crossing_out = {c["name"]: c for c in manifest["outputs"]}
+    plain_floats = [np.asarray(feeds[vi.name]) for vi in orig_in
+                    if np.issubdtype(np.asarray(feeds[vi.name]).dtype, np.floating) and vi.name not in allow_clear]
+    for name, e in encoded.items():  # no server input is a plain float input
+        for x in plain_floats:
+            assert not (e.shape == x.shape and np.array_equal(e, x)), f"server input '{name}' is a plain input"
+    for name, d in decoded.items():  # no server output is a plain output
+        if name in allow_clear or crossing_out[name].get("clear"):
+            continue
+        for s_name, s in served.items():
+            assert not (s.shape == d.shape and np.array_equal(s, d)), \
+                f"server output '{s_name}' is the plain output '{name}'"
+    if not split:
+        for vi in orig_in:  # encode only permutes (positions, or the values of ids)
+            c = crossing_in[vi.name]
+            x, e = np.asarray(feeds[vi.name]), encoded[c["wire_name"]]
+            assert e.shape == x.shape and e.dtype == x.dtype
+            if "value_layout" in c:
+                assert not np.array_equal(e, x), f"ids '{vi.name}' reach the server unchanged"
+                _assert_bijection(x, e, vi.name)
+            elif np.issubdtype(x.dtype, np.floating):
+                assert _same_multiset(e, x), f"encode of '{vi.name}' is not a permutation of its values"
+        for name, d in decoded.items():  # decode only permutes
+            c = crossing_out[name]
+            s = served[c["wire_name"]]
+            if "value_layout" in c:
+                _assert_bijection(s, d, name)
+            else:
+                assert _same_multiset(s, d), f"decode of '{name}' is not a permutation of its values"
+    else:
+        summary = manifest["split"]
+        for wire, bits in summary["wire_bits"].items():
+            if wire not in allow_clear:
+                assert bits >= summary["min_key_bits"] - 1e-6, (wire, bits, summary)
 
     # -- the weights are permuted, only permuted --------------------------------
     orig_t = original_tensors(model)
-    changed = []
+    changed, matched = [], 0
     for t in srv_proto.graph.initializer:
         if t.name not in orig_t:
             continue
+        matched += 1
         s, o = numpy_helper.to_array(t), orig_t[t.name]
         assert s.shape == o.shape and s.dtype == o.dtype, f"initializer '{t.name}' changed shape/dtype"
         assert _same_multiset(s, o), f"initializer '{t.name}' holds other values than the original"
         if s.tobytes() != o.tobytes():
             changed.append(t.name)
-    assert changed, "no server initializer differs from the original"
+    assert changed or (split and not matched), "no server initializer differs from the original"
 
-    # -- same graph as the normalized model --------------------------------------
+    # -- same graph as the normalized model (less the client's layers) --------------
     norm = normalized_proto(model, dims)
-    assert len(srv_proto.graph.node) == len(norm.graph.node)
-    assert Counter(n.op_type for n in srv_proto.graph.node) == Counter(n.op_type for n in norm.graph.node)
-    assert [_node_sig(n) for n in srv_proto.graph.node] == [_node_sig(n) for n in norm.graph.node]
+    norm_sigs = [_node_sig(n) for n in norm.graph.node]
+    srv_sigs = [_node_sig(n) for n in srv_proto.graph.node]
+    if not split:
+        assert len(srv_sigs) == len(norm_sigs)
+        assert Counter(n.op_type for n in srv_proto.graph.node) == Counter(n.op_type for n in norm.graph.node)
+        assert srv_sigs == norm_sigs
+    else:
+        assert len(srv_sigs) == len(norm_sigs) - len(plan.prefix) - len(plan.suffix)
+        assert not Counter(map(repr, srv_sigs)) - Counter(map(repr, norm_sigs)), "server has nodes not in the model"
     assert manifest["nodes"]["server"] == len(srv_proto.graph.node)
 
     if full:

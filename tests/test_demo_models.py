@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 import eeonnx
+from eeonnx.errors import ClearBoundaryError
 from helpers import CPU
 from helpers import assert_close, is_secret, random_feeds, roundtrip, run_original
 
@@ -25,38 +26,57 @@ def _sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _same_ops_as_original(model, out):
-    server = onnx.load(os.path.join(out, "server", "model.onnx"))
-    assert len(server.graph.node) == len(model.graph.node)
-    assert Counter(n.op_type for n in server.graph.node) == Counter(n.op_type for n in model.graph.node)
+def _server_is_the_model_less_client_layers(model, rt):
+    """The server runs the original's nodes, less those the split moved to the client."""
+    server = onnx.load(os.path.join(rt.out, "server", "model.onnx"))
+    split = rt.manifest["split"]
+    moved = split["client_prefix_nodes"] + split["client_suffix_nodes"]
+    assert len(server.graph.node) == len(model.graph.node) - moved
+    assert not Counter(n.op_type for n in server.graph.node) - Counter(n.op_type for n in model.graph.node)
+    # every tensor on the wire has the key bits the compile asked for
+    assert split["wire_bits"] and min(split["wire_bits"].values()) >= split["min_key_bits"] == 128
+    assert set(split["wire_bits"]) == set(rt.manifest["server_inputs"]) | set(rt.manifest["server_outputs"])
 
 
 @pytest.fixture(scope="module")
 def cnn_artifact(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cnn")
     model = onnx.load(CNN)
-    rt = roundtrip(model, tmp, full=True, seed=11)
+    rt = roundtrip(model, tmp, full=True, seed=11, split="auto")
     return model, rt
 
 
 def test_mlp_with_batch_fixed(tmp_path):
+    """Default compile (client split, 128-bit wires): the 10-class head moves to decode."""
     model = onnx.load(MLP)
     dims = {"batch": 3}
-    rt = roundtrip(model, tmp_path, dims=dims, full=True)
+    rt = roundtrip(model, tmp_path, dims=dims, full=True, split="auto")
     assert rt.decoded["probs"].shape == (3, 10)
     np.testing.assert_allclose(rt.decoded["probs"].sum(axis=1), 1.0, rtol=1e-5)
-    _same_ops_as_original(model, rt.out)
-    m = rt.manifest
-    assert m["outputs"][0]["secret_axes"] == [1]  # the 10 classes
-    assert m["inputs"][0]["secret_axes"] == [1]   # the 64 features
+    _server_is_the_model_less_client_layers(model, rt)
+    assert rt.manifest["inputs"][0]["secret_axes"] == [1]   # the 64 features cross the wire
+    assert rt.manifest["split"]["client_suffix_nodes"] > 0  # a 10-class output is too weak alone
     assert rt.comp.key_bits > 128
     assert not rt.comp.pins()
+
+
+def test_mlp_without_split(tmp_path):
+    """split="none": the weak 10-class output is refused unless allowed; allowed, the server
+    runs the whole model and both boundaries are plain permutations."""
+    model = onnx.load(MLP)
+    with pytest.raises(ClearBoundaryError) as e:
+        eeonnx.compile(model, tmp_path / "refused", dims={"batch": 3}, split="none")
+    assert "'probs'" in str(e.value)
+    rt = roundtrip(model, tmp_path / "ok", dims={"batch": 3}, full=True, split="none", allow_weak=["probs"])
+    assert rt.manifest["outputs"][0]["secret_axes"] == [1]
+    server = onnx.load(rt.out / "server" / "model.onnx")
+    assert [n.op_type for n in server.graph.node] == [n.op_type for n in model.graph.node]
 
 
 def test_mlp_with_symbolic_batch(tmp_path):
     """Without dims the batch stays symbolic and public: any batch size runs."""
     model = onnx.load(MLP)
-    rt = roundtrip(model, tmp_path, feeds=random_feeds(model, {"batch": 3}), full=True)
+    rt = roundtrip(model, tmp_path, feeds=random_feeds(model, {"batch": 3}), full=True, split="auto")
     client = eeonnx.Client(rt.out)
     server = eeonnx.Server(rt.out / "server" / "model.onnx", providers=CPU)
     for batch in (1, 5):
@@ -68,7 +88,7 @@ def test_mlp_with_symbolic_batch(tmp_path):
 def test_cnn_roundtrip(cnn_artifact):
     model, rt = cnn_artifact
     assert rt.decoded["logits"].shape == (1, 10)
-    _same_ops_as_original(model, rt.out)
+    _server_is_the_model_less_client_layers(model, rt)
 
 
 def test_cnn_more_inputs(cnn_artifact):
@@ -101,13 +121,19 @@ def test_cnn_manifest(cnn_artifact):
     assert cov["share"] == pytest.approx(cov["permuted_bytes"] / cov["weight_bytes"], abs=1e-4)
     orig_bytes = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
     assert cov["weight_bytes"] == orig_bytes
-    # I/O: the image's channels and the logits are secret
-    assert m["inputs"][0]["name"] == "image" and m["inputs"][0]["secret_axes"] == [1]
-    assert m["outputs"][0]["name"] == "logits" and m["outputs"][0]["secret_axes"] == [1]
-    assert not m["inputs"][0]["clear"] and not m["outputs"][0]["clear"]
+    # I/O: 3 image channels and 10 logits are too weak to cross the wire: the stem and the
+    # head run on the client, and what crosses has >= 128 key bits
+    assert [c["name"] for c in m["inputs"]] == ["image"] and [c["name"] for c in m["outputs"]] == ["logits"]
+    assert m["encode"]["inputs"] == ["image"] and m["decode"]["outputs"] == ["logits"]
+    assert len(m["encode"]["outputs"]) == len(m["server_inputs"]) == 1
+    assert len(m["decode"]["inputs"]) == len(m["server_outputs"]) == 1
+    assert m["server_inputs"] != ["image"] and m["server_outputs"] != ["logits"]
+    assert all(b >= 128 for b in m["split"]["wire_bits"].values())
     # the server file the manifest names is the one on disk
     assert m["server"]["sha256"] == _sha256(rt.out / "server" / "model.onnx")
-    assert m["nodes"]["original"] == len(model.graph.node) == m["nodes"]["server"]
+    assert m["nodes"]["original"] == len(model.graph.node)
+    assert m["nodes"]["server"] == len(model.graph.node) - m["split"]["client_prefix_nodes"] \
+        - m["split"]["client_suffix_nodes"]
     assert m["key_fingerprint"] == comp.key.fingerprint()
     with open(rt.out / "client" / "key.json", encoding="utf-8") as f:
         assert json.load(f)["secret"] not in json.dumps(m)

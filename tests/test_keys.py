@@ -11,10 +11,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import eeonnx
 from eeonnx.errors import KeyFileError
 from eeonnx.keys import KEY_FORMAT, Key, write_key
-from helpers import G, roundtrip
+from helpers import G, compile_plain, roundtrip
 
 
 def small_model():
@@ -52,11 +51,11 @@ def test_same_key_file_reproduces_the_artifact(model, tmp_path):
     key_file = first / "out" / "client" / "key.json"
     src = first / "model.onnx"  # what roundtrip compiled (the manifest names its source)
     second = tmp_path / "second"
-    eeonnx.compile(src, second, key=key_file)
+    compile_plain(src, second, key=key_file)
     third = tmp_path / "third"
-    eeonnx.compile(str(src), third, key=str(key_file))
+    compile_plain(str(src), third, key=str(key_file))
     fourth = tmp_path / "fourth"  # from memory: same files, only the manifest's "source" differs
-    eeonnx.compile(model, fourth, key=key_file)
+    compile_plain(model, fourth, key=key_file)
     for rel in ARTIFACT_FILES[:3] + ARTIFACT_FILES[4:]:
         assert _read(fourth / rel) == _read(first / "out" / rel), rel
     m1 = json.loads(_read(first / "out" / "client" / "manifest.json"))
@@ -80,8 +79,8 @@ def test_reused_key_roundtrips(model, tmp_path):
 
 
 def test_fresh_key_rekeys_everything(model, tmp_path):
-    eeonnx.compile(model, tmp_path / "a")
-    eeonnx.compile(model, tmp_path / "b")
+    compile_plain(model, tmp_path / "a")
+    compile_plain(model, tmp_path / "b")
     ka = json.loads(_read(tmp_path / "a" / "client" / "key.json"))["secret"]
     kb = json.loads(_read(tmp_path / "b" / "client" / "key.json"))["secret"]
     assert ka != kb
@@ -95,7 +94,7 @@ def test_fresh_key_rekeys_everything(model, tmp_path):
 
 
 def test_key_file_is_private(model, tmp_path):
-    eeonnx.compile(model, tmp_path / "out")
+    compile_plain(model, tmp_path / "out")
     mode = stat.S_IMODE(os.stat(tmp_path / "out" / "client" / "key.json").st_mode)
     assert mode == 0o600, oct(mode)
     data = json.loads(_read(tmp_path / "out" / "client" / "key.json"))
@@ -113,7 +112,7 @@ def test_write_key_is_0600_even_with_permissive_umask(tmp_path):
 
 
 def test_secret_never_reaches_the_server(model, tmp_path):
-    eeonnx.compile(model, tmp_path / "out")
+    compile_plain(model, tmp_path / "out")
     secret_hex = json.loads(_read(tmp_path / "out" / "client" / "key.json"))["secret"]
     secret = bytes.fromhex(secret_hex)
     server = _read(tmp_path / "out" / "server" / "model.onnx")
@@ -186,11 +185,11 @@ def test_bad_key_files_are_refused(content, model, tmp_path):
     with pytest.raises(KeyFileError):
         Key.load(path)
     with pytest.raises(KeyFileError):
-        eeonnx.compile(model, tmp_path / "out", key=path)
+        compile_plain(model, tmp_path / "out", key=path)
     assert not (tmp_path / "out").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".eeonnx-")]
 
 
 def test_key_directory_is_refused(model, tmp_path):
     with pytest.raises(KeyFileError):
-        eeonnx.compile(model, tmp_path / "out", key=tmp_path)
+        compile_plain(model, tmp_path / "out", key=tmp_path)

@@ -15,6 +15,8 @@ The normalized graph computes the same function as the original.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 import onnx
 import onnx_ir as ir
@@ -113,7 +115,14 @@ def _ort_symbolic_shapes(model: ir.Model) -> dict[str, list]:
 
     def run(proto: onnx.ModelProto) -> onnx.ModelProto | None:
         del proto.graph.value_info[:]  # start from the inputs, not from earlier guesses
-        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+        # on incomplete inference the tool saves a debug model into the cwd: keep it out of the user's
+        cwd = os.getcwd()
+        with tempfile.TemporaryDirectory(prefix="eeonnx-shapes-") as scratch:
+            os.chdir(scratch)
+            try:
+                return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+            finally:
+                os.chdir(cwd)
 
     try:
         # weights travel as typed inputs only, never copied (onnx_ir's helper)

@@ -288,6 +288,11 @@ def multi_head_attention(n: NodeView) -> None:
                 _pin_all(n, n.y(i), reason)
 
     packed = len(q) == 5
+    if n.has(3) and (packed or (n.has(1) and len(n.x(1)) == 5)):
+        # the bias is [q | k | v], the packed input per head [.., H, 3|2, D]; no CPU
+        # kernel to confirm how the kernel pairs them, so nothing is assumed
+        give_up("bias with packed QKV / KV is not modelled", *q)
+        return
     if packed:  # [B, L, H, 3, D]
         if qd[2] != heads or n.has(1) or n.has(2):
             give_up("unexpected packed QKV", *q)
@@ -376,8 +381,10 @@ def group_query_attention(n: NodeView) -> None:
     qd = n.dims(0)
     n.tie(y[:-1], q[:-1])
     n.public(*q[:-1])
-    quantised = (n.attr("kv_cache_bit_width") is not None or n.has(12) or n.has(13)
-                 or any(_s(n.attr(a, "NONE")) not in ("NONE", "") for a in ("k_quant_type", "v_quant_type")))
+    cache_types = {n.node.inputs[i].dtype for i in (3, 4) if n.has(i)}
+    quantised = (int(n.attr("kv_cache_bit_width", 0) or 0) != 0 or n.has(12) or n.has(13)
+                 or any(_s(n.attr(a, "NONE")) not in ("NONE", "") for a in ("k_quant_type", "v_quant_type"))
+                 or any(t is not None and t != n.node.inputs[0].dtype for t in cache_types))
     packed = not n.has(1)
     width = qd[-1]
     per = (nq + 2 * nkv) if packed else nq

@@ -17,7 +17,9 @@ TopK's *values* are invariant: the k largest values in sorted order are the
 same numbers whatever the input order (equal values are equal), so with
 ``sorted=1`` and the indices unused the axis stays secret; the k axis of the
 result is positional (rank order). With ``sorted=0`` the order of the result
-is implementation-defined (it may follow the input order): pinned.
+is implementation-defined (it may follow the input order): pinned. (NaN
+breaks this: onnxruntime's TopK, like its ReduceMax, gives order-dependent
+results when NaN is among the values; the project makes no NaN promise.)
 
 **Operands that are positions (GatherElements, ScatterElements)** bind the
 indices' values to the indexed axis, exactly like Gather: constant or
@@ -29,11 +31,14 @@ that come from a client input are mapped by encode. That is exact:
 indices are positions on data's axes (same index ``j``): tied when the sizes
 are equal, pinned when the indices cover only a prefix. With
 ``reduction='none'`` duplicate indices make the last write win *in iteration
-order*, so the indices' own positions along the scattered axis are pinned.
+order*, so the indices' own positions along the scattered axis are pinned,
+unless the indices are constant and write every target once.
 ScatterND's index tuples address several axes at once: like GatherND, those
 axes are pinned.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from eeonnx import layout as L
 from eeonnx.rules import NodeView, rule
@@ -103,6 +108,30 @@ def gather_elements(n: NodeView) -> None:
     _tie_positions(n, x, n.dims(0), idx, n.dims(1), axis, "indices cover only a part of this axis")
 
 
+def _distinct_targets(n: NodeView, axis: int) -> bool:
+    """Constant indices that write every target element at most once (then the order of
+    the writes does not matter)."""
+    idx, dims = n.const(1), n.dims(0)
+    if idx is None or not all(isinstance(d, int) for d in dims) or idx.ndim != len(dims):
+        return False
+    coords = list(np.indices(idx.shape))
+    coords[axis] = np.where(idx < 0, idx + dims[axis], idx)
+    if any((c < 0).any() or (c >= d).any() for c, d in zip(coords, dims)):
+        return False
+    flat = np.ravel_multi_index(tuple(c.reshape(-1) for c in coords), dims)
+    return len(np.unique(flat)) == flat.size
+
+
+def _distinct_tuples(n: NodeView, k: int) -> bool:
+    """Constant index tuples that are pairwise different (after wrapping negative ones)."""
+    idx, dims = n.const(1), n.dims(0)
+    if idx is None or not all(isinstance(d, int) for d in dims[:k]):
+        return False
+    rows = idx.reshape(-1, k)
+    rows = np.where(rows < 0, rows + np.array(dims[:k]), rows)
+    return len(np.unique(rows, axis=0)) == len(rows)
+
+
 @rule("ScatterElements", since=11)
 @rule("Scatter", since=9, until=10)
 def scatter_elements(n: NodeView) -> None:
@@ -116,7 +145,7 @@ def scatter_elements(n: NodeView) -> None:
     n.flow(0, 0)
     n.flow(2, 0)
     _tie_positions(n, x, n.dims(0), upd, n.dims(2), axis, "updates cover only a part of this axis")
-    if _attr_str(n, "reduction", "none") == "none":
+    if _attr_str(n, "reduction", "none") == "none" and not _distinct_targets(n, axis):
         n.pin(upd[axis], "duplicate indices: the last write wins, in index order")
 
 
@@ -139,6 +168,6 @@ def scatter_nd(n: NodeView) -> None:
     n.tie(idx[:-1], upd[: q - 1])
     n.tie(x[k:], upd[q - 1:])
     n.public(idx[-1])
-    if _attr_str(n, "reduction", "none") == "none":
+    if _attr_str(n, "reduction", "none") == "none" and not _distinct_tuples(n, k):
         for t in idx[:-1]:
             n.pin(t, "duplicate index tuples: the last write wins, in index order")
