@@ -56,6 +56,11 @@ class PinInfo:
     op_type: str
     reason: str
     inherent: bool = False
+    # met a positional axis: a loss only for a class that reaches a weight other
+    # than the node's own operands (a per-position parameter, e.g. a position
+    # table or a broadcast scale over width, is positional by nature)
+    soft: bool = False
+    operands: frozenset = frozenset()
 
 
 @dataclass(eq=False)
@@ -63,6 +68,7 @@ class Var(Term):
     size: int
     ref: Term | None = None
     pin: PinInfo | None = None
+    anchored: bool = False  # the class already reaches a weight axis
     uid: int = field(default_factory=lambda: next(_ids))
 
     def __repr__(self) -> str:
@@ -164,6 +170,12 @@ def free_vars(t: Term) -> list[Var]:
     return out
 
 
+def anchor(t: Term) -> None:
+    """Mark the classes in ``t`` as reaching a weight axis."""
+    for v in free_vars(t):
+        v.anchored = True
+
+
 def secret_vars(t: Term) -> list[Var]:
     """Free variables that are not pinned."""
     return [v for v in free_vars(t) if v.pin is None]
@@ -193,14 +205,14 @@ class Unifier:
     equations are being added.
     """
 
-    def __init__(self, context=lambda: ("", "")):
+    def __init__(self, context=lambda: ("", "", frozenset())):
         self.context = context
 
     # -- pinning -------------------------------------------------------------
     def pin(self, t: Term, reason: str, report: bool = True, info: PinInfo | None = None) -> None:
         """Force every free variable inside ``t`` to be the identity."""
         if info is None:
-            node, op = self.context()
+            node, op = self.context()[:2]
             info = PinInfo(node, op, reason, inherent=not report)
         for v in free_vars(t):
             if v.pin is None:
@@ -225,10 +237,28 @@ class Unifier:
             if isinstance(b, Var):
                 if a.pin is not None and b.pin is None:
                     a, b = b, a
-                a.ref = b  # b's pin (if any) now covers both
+                if b.pin is not None and a.pin is None:
+                    # both must be the identity. A class that already reaches a
+                    # weight is kept apart and reported as lost *here*, where it
+                    # met a pinned axis; a fresh activation axis just joins.
+                    if b.pin.inherent and not a.anchored:
+                        a.ref = b
+                        return
+                    if b.pin.inherent:
+                        ctx = self.context()
+                        node, op, operands = ctx[0], ctx[1], (ctx[2] if len(ctx) > 2 else frozenset())
+                        self.pin(a, "", info=PinInfo(node, op, f"{op}: axis meets a positional axis",
+                                                     soft=True, operands=operands))
+                    else:
+                        self.pin(a, "", info=b.pin)
+                    return
+                b.anchored |= a.anchored
+                a.ref = b
             else:
                 if a.pin is not None:
                     self.pin(b, reason, info=a.pin)
+                if a.anchored:
+                    anchor(b)
                 a.ref = b
             return
         if isinstance(a, Cat) and isinstance(b, Cat):
@@ -277,6 +307,8 @@ class Unifier:
             pieces = [fresh(s) for s in sizes]
             if t.pin is not None:
                 self.pin(Cat(tuple(pieces)), "", info=t.pin)
+            if t.anchored:
+                anchor(Cat(tuple(pieces)))
             t.ref = Cat(tuple(pieces))
             return pieces
         if isinstance(t, Cat):
@@ -334,6 +366,8 @@ class Unifier:
             pieces = [fresh(s) for s in sizes]
             if t.pin is not None:
                 self.pin(Kron(tuple(pieces)), "", info=t.pin)
+            if t.anchored:
+                anchor(Kron(tuple(pieces)))
             t.ref = Kron(tuple(pieces))
             return [resolve(p) for p in pieces]
         if isinstance(t, Kron):

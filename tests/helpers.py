@@ -1,19 +1,25 @@
 """Test harness: build tiny ONNX models, compile them, run the artifact, check what must hold.
 
 ``roundtrip(model, tmp_path)`` is the main entry point: it saves the model, compiles
-it with ``eeonnx.compile``, runs the original and encode -> server -> decode on
-onnxruntime (CPU) with random inputs, and asserts
+it with ``eeonnx.compile`` (by default with the boundary at the model's inputs and
+outputs: ``split="none", min_key_bits=0``; pass ``split="auto"`` for the client split),
+runs the original and encode -> server -> decode on onnxruntime (CPU) with random
+inputs, and asserts
 
 - decoded outputs equal the original's (relative to the output's largest value),
-- encode changes every float input (and only permutes its values),
-- no server output equals its decoded output (and decode only permutes values),
+- no server input is a plain float input, no server output is a plain output,
+- without a split: encode/decode only permute (positions, or the values of token ids);
+  with a split: every content tensor on the wire has the requested key bits,
 - at least one server initializer differs byte-wise from the original, and every
   server initializer that has an original namesake holds the same values (permuted),
-- the server graph is the normalized model's graph: same nodes, op types, attributes,
-- the artifact contract on names: encode in/out, server in/out and decode in/out line up.
+- the server graph is the normalized model's graph (same nodes, op types, attributes),
+  less the nodes a split moved to the client,
+- the artifact contract: encode inputs are the model's inputs, decode outputs its
+  outputs, and encode/server/decode line up by position and dtype.
 
 It returns the :class:`eeonnx.pipeline.Compilation` for further asserts (``.spec()``,
-``.pins()``, ``.classes``, ``.key_bits``).
+``.pins()``, ``.classes``, ``.key_bits``), or a :class:`Roundtrip` with ``full=True``.
+``compile_plain`` is ``eeonnx.compile`` with the same defaults.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import eeonnx
-from helpers import FLOAT, INT64, G, is_secret, pinned_nodes, roundtrip
+from helpers import INT64, G, is_secret, pinned_nodes, roundtrip
 
 MS = "com.microsoft"
 OPSETS = [(MS, 1)]
@@ -114,10 +114,9 @@ def test_attention(tmp_path, form):
     dv = 4 if form == "qkv_hidden_sizes" else 8
     # Q and K share heads H and head_dim D, V has its own head_dim V but the same heads
     vd = "D" if form == "past_mask" else "V"  # one cache axis holds K and V: D = V
-    _match(f"cat(kron(H[4], D[8]), kron(H[4], D[8]), kron(H[4], {vd}[{dv}]))", s["w_qkv"][1])
+    h = _match(f"cat(kron(H[4], D[8]), kron(H[4], D[8]), kron(H[4], {vd}[{dv}]))", s["w_qkv"][1])["H"]
     assert s["b_qkv"][0] == s["w_qkv"][1]
     assert s["w_in"][1] == s["w_qkv"][0] and is_secret(s["w_in"][1])
-    h = _match(f"cat(kron(H[4], D[8]), kron(H[4], D[8]), kron(H[4], {vd}[{dv}]))", s["w_qkv"][1])["H"]
     _match(f"kron(H[4], {vd}[{dv}])", s["y.w"][0])
     assert s["y.w"][0].startswith(f"kron({h}[4]")
     if form == "attention_bias":

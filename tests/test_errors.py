@@ -184,11 +184,9 @@ def test_compile_writes_nothing_outside_out(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["cwd", "out"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when onnxruntime's SymbolicShapeInference cannot infer every "
-                   "shape (here an op of a custom domain) it saves 'sym_shape_infer_temp.onnx' into the "
-                   "current directory before raising; normalize calls it, so compile/check litter the "
-                   "user's cwd (that file got committed at the repository root)")
 def test_failed_shape_inference_writes_nothing_to_cwd(tmp_path, monkeypatch):
+    """onnxruntime's SymbolicShapeInference saves 'sym_shape_infer_temp.onnx' into the cwd when
+    it cannot infer every shape (here: an op of a custom domain); compile/check must not."""
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)

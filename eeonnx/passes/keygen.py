@@ -39,6 +39,13 @@ class KeygenPass:
         an = self.comp.analysis
         classes: dict[int, SecretClass] = {}
         losses: dict[int, tuple[L.PinInfo, int, str]] = {}
+        anchors: dict[int, set[str]] = {}
+        for name, value in model.graph.initializers.items():
+            if value in an.uniform_shared:
+                continue
+            for t in an.known(value) or []:
+                for v in L.free_vars(t):
+                    anchors.setdefault(v.uid, set()).add(name)
         for name in sorted(model.graph.initializers):
             value = model.graph.initializers[name]
             if value in an.uniform_shared:
@@ -50,7 +57,7 @@ class KeygenPass:
                         continue
                     if v.pin is None:
                         classes[v.uid] = SecretClass(f"c{len(classes)}", f"{name}:{axis}:{k}", v.size)
-                    elif not v.pin.inherent:
+                    elif not v.pin.inherent and (not v.pin.soft or anchors[v.uid] - v.pin.operands):
                         losses[v.uid] = (v.pin, v.size, f"{name}[axis {axis}]")
         self.comp.classes = classes
         self.comp.losses = list(losses.values())

@@ -18,7 +18,11 @@ def load_model(model: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Mode
     if isinstance(model, ir.Model):
         return model
     if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model)
+        try:
+            loaded = ir.serde.deserialize_model(model)
+        except Exception as e:  # onnx_ir raises its own errors on invalid graphs
+            raise ModelLoadError(f"<ModelProto>: not a valid ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
+        return _nonempty(loaded, "<ModelProto>")
     path = os.fspath(model)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
@@ -30,6 +34,11 @@ def load_model(model: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Mode
         loaded = ir.load(path)
     except Exception as e:  # protobuf gives many error types for garbage input
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
-    if len(loaded.graph) == 0 and not loaded.graph.outputs:
-        raise ModelLoadError(f"{path}: not an ONNX model (the file parsed to an empty graph)")
-    return loaded
+    return _nonempty(loaded, path)
+
+
+def _nonempty(model: ir.Model, where: str) -> ir.Model:
+    if len(model.graph) == 0 and not model.graph.outputs:
+        raise ModelLoadError(f"{where}: not an ONNX model (it parsed to an empty graph); "
+                             "check that the file is a complete .onnx export")
+    return model

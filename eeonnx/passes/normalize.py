@@ -35,8 +35,10 @@ class NormalizePass(ir.passes.InPlacePass):
         self.dims = dict(dims or {})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # initializers listed as inputs (IR < 4 required it; later, an overridable
+        # default) are constants for us: the original runs without feeding them
+        common.RemoveInitializersFromInputsPass()(model)
         if model.ir_version is not None and model.ir_version < 4:
-            common.RemoveInitializersFromInputsPass()(model)
             model.ir_version = 4
         _check_graph(model)
         common.InlinePass()(model)
@@ -53,16 +55,22 @@ class NormalizePass(ir.passes.InPlacePass):
 
 def _check_graph(model: ir.Model) -> None:
     """Refuse graphs that are not valid SSA before any pass trusts them."""
-    seen: set[str] = set()
-    for v in model.graph.inputs:
-        seen.add(v.name)
+    seen: set[str] = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
     for node in model.graph:
         for o in node.outputs:
+            if not o.name:
+                continue  # an omitted optional output
             if o.name in seen:
                 raise ModelLoadError(
                     f"node '{node.name}' writes '{o.name}', which is already defined: the graph is not in SSA form"
                 )
             seen.add(o.name)
+    for node in model.graph:
+        for v in node.inputs:
+            if v is not None and v.name and v.name not in seen and v.producer() is None:
+                raise ModelLoadError(
+                    f"node '{node.name}' ({node.op_type}) reads '{v.name}', which no node, input or "
+                    "initializer defines: the model is incomplete")
 
 
 def _fix_dims(model: ir.Model, dims: dict[str, int]) -> None:
@@ -102,9 +110,23 @@ def infer_shapes(model: ir.Model) -> None:
     for node in model.graph:
         for o in node.outputs:
             dims = symbolic.get(o.name)
-            if dims is None or any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in dims):
+            if dims is None:
                 continue
-            o.shape = ir.Shape(dims)
+            if o.shape is None:
+                if not any(_invented(d) for d in dims):
+                    o.shape = ir.Shape(dims)
+                continue
+            if len(o.shape) != len(dims):
+                continue  # the two disagree on the rank: trust neither more, keep ONNX's
+            # per dim: ONNX's static and named dims win; ORT fills in what ONNX left unknown
+            merged = [d if not _is_unknown_dim(d) or _invented(s) else s for d, s in zip(o.shape, dims)]
+            o.shape = ir.Shape(merged)
+
+
+def _invented(d) -> bool:
+    """A dim onnxruntime's tool could not infer: None, or a name it made up
+    ('unk__3', 'Upsample_1_o0__d0')."""
+    return d is None or (isinstance(d, str) and (d.startswith("unk__") or "__d" in d))
 
 
 def _ort_symbolic_shapes(model: ir.Model) -> dict[str, list]:

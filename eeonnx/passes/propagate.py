@@ -31,9 +31,11 @@ class Analysis:
         self.unifier = L.Unifier(self._context)
         self.values = ValueSolver(self.unifier)
 
-    def _context(self) -> tuple[str, str]:
+    def _context(self) -> tuple[str, str, frozenset]:
         n = self.current
-        return (n.name or "", n.op_type) if n is not None else ("", "")
+        if n is None:
+            return "", "", frozenset()
+        return n.name or "", n.op_type, frozenset(v.name for v in n.inputs if v is not None and v.is_initializer())
 
     def terms(self, value: ir.Value) -> list[L.Term]:
         t = self._terms.get(value)
@@ -42,6 +44,9 @@ class Analysis:
             if dims is None:
                 raise rules.NoShape(value)
             t = [L.fresh(d if isinstance(d, int) else None) for d in dims]
+            if value.is_initializer():
+                for term in t:
+                    L.anchor(term)
             self._terms[value] = t
         return t
 

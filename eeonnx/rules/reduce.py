@@ -14,6 +14,10 @@ def reduce(n: NodeView) -> None:
     """Kept axes follow the input; reduced axes may carry any layout (symmetric functions)."""
     x, y = n.x(0), n.y(0)
     axes = n.ints("axes", 1)
+    if axes is None and n.has(1):
+        for t in x + y:
+            n.pin(t, "reduction axes are computed at run time")
+        return
     if not axes:
         if n.attr("noop_with_empty_axes", 0):
             n.tie(x, y)

@@ -108,7 +108,8 @@ def reshape(n: NodeView) -> None:
 def flatten(n: NodeView) -> None:
     """[d0..dk-1, dk..] -> [prod(d0..dk-1), prod(dk..)]."""
     x, y, d = n.x(0), n.y(0), n.dims(0)
-    axis = int(n.attr("axis", 1)) % (len(x) + 1) if len(x) else 0
+    axis = int(n.attr("axis", 1))
+    axis = axis + len(x) if axis < 0 else axis
     for part, out_axis in ((slice(0, axis), 0), (slice(axis, None), 1)):
         xs, dims = x[part], d[part]
         if not all(isinstance(s, int) for s in dims):
