@@ -154,7 +154,7 @@ class Client:
     def plain_tokenizer(self):
         """The client tokenizer (client/tokenizer.json, encrypted ids) wrapped to
         speak plain ids, so it composes with encode/decode and generate."""
-        from eeonnx.tokenizer import PlainView
+        from eeonnx.client_tokenizer import PlainView
 
         return PlainView(os.path.join(self.out_dir, "client", "tokenizer.json"), self.id_map())
 

@@ -103,27 +103,20 @@ def test_graph_not_in_ssa_form_from_file(tmp_path):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load.load_model deserializes a ModelProto without a try: an "
-                   "invalid graph given as a ModelProto raises onnx_ir.serde.SerdeError instead of "
-                   "ModelLoadError (the same file on disk gives ModelLoadError)")
 def test_graph_not_in_ssa_form_from_proto(tmp_path):
+    """The same invalid graph given in memory is a ModelLoadError too (regression test)."""
     with pytest.raises(ModelLoadError):
         compile_plain(_non_ssa_model(), tmp_path / "out")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load.load_model only validates files; an empty "
-                   "onnx.ModelProto() is not refused as unreadable (it compiled into an empty artifact "
-                   "before the split existed; now it fails late with an unrelated SplitError), while the "
-                   "same bytes on disk give ModelLoadError")
 def test_empty_model_proto(tmp_path):
+    """An empty ModelProto is refused like an empty file (regression test)."""
     with pytest.raises(ModelLoadError):
         compile_plain(onnx.ModelProto(), tmp_path / "out")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (message): a node reading a value no one defines is "
-                   "accepted by load/normalize (onnx_ir only warns), and the compile fails later with a "
-                   "misleading ClearBoundaryError instead of ModelLoadError")
 def test_undefined_value_is_a_load_error(tmp_path):
+    """A node reading a value nothing defines is an invalid model (regression test)."""
     g = G(check=False)
     g.input("x", [1, 3, 4, 4])
     a = g.conv("x", 3, 8, name="conv1")

@@ -1272,15 +1272,8 @@ CASES["CumSum-feature-axis"] = (_chain(lambda g, h: g.node("CumSum", [h, g.ints(
 # --------------------------------------------------------------------------
 # the tests
 # --------------------------------------------------------------------------
-_ORT_SHAPES = ("BUG (regression in 'ORT symbolic shape inference first'): normalize lets onnxruntime's "
-               "symbolic shapes override ONNX's static ones; ORT names dims it cannot infer like "
-               "'Upsample_1_o0__d0' (only 'unk__' is filtered) and gets Split-18 num_outputs wrong "
-               "(8 -> 2,2,2 instead of 3,3,2), so the channel class is pinned where it used to be secret")
 #: case id -> reason: cases that fail because of a known compiler bug (strict xfail)
-KNOWN_BUGS = {
-    "Upsample-9": _ORT_SHAPES,
-    "Split-18-uneven": _ORT_SHAPES,
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params(ids, bugs):
@@ -1346,8 +1339,7 @@ def _zoo_dims(name):
     return {"N": 3} if name == "torch_style_flatten_reshape" else None
 
 
-@pytest.mark.parametrize("name", _params(sorted(set(zoo.BUILDERS) - {"ops_zoo_structural"}),
-                                         {"upsample_opset9": _ORT_SHAPES}))
+@pytest.mark.parametrize("name", _params(sorted(set(zoo.BUILDERS) - {"ops_zoo_structural"}), KNOWN_BUGS))
 def test_zoo_roundtrip(name, tmp_path):
     model = zoo.BUILDERS[name]()
     dims = _zoo_dims(name)
@@ -1388,7 +1380,7 @@ def test_zoo_structural_refused_then_allowed(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# known compiler bugs (strict xfails: each turns into a failure once fixed)
+# regressions for compiler bugs this suite found (strict xfail while a bug is open)
 # --------------------------------------------------------------------------
 def _flatten_nhwc_neg():
     return _tf_flatten_model(-1)
@@ -1398,13 +1390,11 @@ def _flatten_nchw_neg():
     return _flatten_model(-3)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Flatten rule normalises a negative axis with axis % (rank+1) "
-                   "instead of axis + rank, so Flatten(axis=-1) is analysed as axis=rank and pins "
-                   "the channel axis (spurious loss of secrecy)")
 @pytest.mark.parametrize("build,w_in,w_out", [(_flatten_nhwc_neg, ("W1", 1), ("W2", 0)),
                                               (_flatten_nchw_neg, (C1, 0), ("W", 0))],
                          ids=["nhwc-axis-1", "nchw-axis-3"])
 def test_flatten_negative_axis_keeps_channels_secret(build, w_in, w_out, tmp_path):
+    """Flatten's axis counts from the back when negative (axis + rank): regression test."""
     comp = roundtrip(build(), tmp_path)
     s = comp.spec()
     assert is_secret(s[w_in[0]][w_in[1]]), s
@@ -1423,15 +1413,21 @@ def _reduce_runtime_axes(op, opset):
     return g.build()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (wrong output): reduce rule treats an axes input that is not a "
-                   "constant (ints() -> None) like 'no axes' = reduce over every axis, so nothing ties "
-                   "X's channels to Y's; conv2 then sees conv1's permuted channels unpermuted")
 @pytest.mark.parametrize("op,opset", [("ReduceSum", 13), ("ReduceMean", 18)])
 def test_reduce_with_runtime_axes_is_exact(op, opset, tmp_path):
+    """Axes only known at run time: the reduction must not be assumed to cover the channels
+    (regression: it used to be analysed as a reduction over every axis, with a wrong result).
+    Never silently wrong: refused, or exact once the unprotected output is allowed."""
     model = _reduce_runtime_axes(op, opset)
     feeds = {"x": np.random.default_rng(0).standard_normal([1, 3, 4, 4]).astype(np.float32),
              "axes": np.array([2, 3], np.int64)}
-    roundtrip(model, tmp_path, feeds=feeds)
+    try:
+        compile_plain(model, tmp_path / "plain")
+    except ClearBoundaryError as e:
+        assert "'y'" in str(e)
+        roundtrip(model, tmp_path / "allowed", feeds=feeds, allow_clear=["y"])
+    else:
+        roundtrip(model, tmp_path / "exact", feeds=feeds)
 
 
 def _silent_add_transposed():
@@ -1463,12 +1459,11 @@ def _silent_dropout_mask():
     return sandwich(body)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reporting): a weight axis made public by unification with a "
-                   "positional axis (spatial dims, ConstantOfShape output) or a control input carries the "
-                   "inherent PinInfo, so keygen does not count it as a loss: pins() is empty and "
-                   "strict=True compiles although a channel class was lost")
-@pytest.mark.parametrize("build", [_silent_add_transposed, _silent_channels_into_space, _silent_dropout_mask],
-                         ids=["add-transposed", "channels-into-space", "dropout-mask"])
+@pytest.mark.xfail(strict=True, reason="BUG (reporting): a weight's channel class unified with a spatial "
+                   "axis (by an Add with a transposed copy, or by a Transpose into a Conv's spatial axis) "
+                   "becomes public with no pin reported: pins() is empty, strict=True compiles")
+@pytest.mark.parametrize("build", [_silent_add_transposed, _silent_channels_into_space],
+                         ids=["add-transposed", "channels-into-space"])
 def test_lost_channel_secrecy_is_reported(build, tmp_path):
     from eeonnx.errors import StrictPinError
 
@@ -1481,10 +1476,21 @@ def test_lost_channel_secrecy_is_reported(build, tmp_path):
         compile_plain(model, tmp_path / "strict", strict=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (contract): with IR >= 4 an initializer also listed as a graph "
-                   "input (overridable default, old torch exports) becomes an encode input: "
-                   "Client.encode({'x': x}) raises 'missing inputs', the original runs with x alone")
+def test_lost_channel_secrecy_is_reported_dropout_mask(tmp_path):
+    """Dropout's mask (a ConstantOfShape after normalize) multiplied in: reported or kept (regression)."""
+    from eeonnx.errors import StrictPinError
+
+    model = _silent_dropout_mask()
+    comp = roundtrip(model, tmp_path)
+    if not is_secret(comp.spec()[C1][0]):
+        assert comp.pins(), f"conv1's channels are public ({comp.spec()[C1]}) and no pin is reported"
+        with pytest.raises(StrictPinError):
+            compile_plain(model, tmp_path / "strict", strict=True)
+
+
 def test_initializer_listed_as_input_ir4(tmp_path):
+    """IR >= 4 initializers also listed as graph inputs (overridable defaults, old torch exports)
+    are weights, not encode inputs: the client feeds x alone (regression test)."""
     g = G()
     g.input("x", [1, 3, 4, 4])
     a = g.conv("x", 3, 8, name="conv1")

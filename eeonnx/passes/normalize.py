@@ -109,9 +109,11 @@ def infer_shapes(model: ir.Model) -> None:
     symbolic = _ort_symbolic_shapes(model)
     for node in model.graph:
         for o in node.outputs:
-            dims = symbolic.get(o.name)
+            dims, elem = symbolic.get(o.name, (None, 0))
             if dims is None:
                 continue
+            if o.type is None and elem:
+                o.type = ir.TensorType(ir.DataType(elem))  # ops ONNX's inference does not know
             if o.shape is None:
                 if not any(_invented(d) for d in dims):
                     o.shape = ir.Shape(dims)
@@ -137,14 +139,7 @@ def _ort_symbolic_shapes(model: ir.Model) -> dict[str, list]:
 
     def run(proto: onnx.ModelProto) -> onnx.ModelProto | None:
         del proto.graph.value_info[:]  # start from the inputs, not from earlier guesses
-        # on incomplete inference the tool saves a debug model into the cwd: keep it out of the user's
-        cwd = os.getcwd()
-        with tempfile.TemporaryDirectory(prefix="eeonnx-shapes-") as scratch:
-            os.chdir(scratch)
-            try:
-                return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
-            finally:
-                os.chdir(cwd)
+        return _partial_symbolic_inference(SymbolicShapeInference, proto)
 
     try:
         # weights travel as typed inputs only, never copied (onnx_ir's helper)
@@ -158,5 +153,28 @@ def _ort_symbolic_shapes(model: ir.Model) -> dict[str, list]:
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            known[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+            known[vi.name] = ([d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim],
+                              t.elem_type)
     return known
+
+
+def _partial_symbolic_inference(tool, proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnxruntime's symbolic inference, keeping what it inferred even when some
+    value stays unknown (its public entry point then raises and drops everything,
+    after saving a debug model into the cwd). Falls back to the public entry point
+    if the tool's internals change."""
+    try:
+        engine = tool(2**31 - 1, True, False, 0)
+        engine._preprocess(proto)
+        while engine.run_:
+            engine._infer_impl()
+        engine._update_output_from_vi()
+        return engine.out_mp_
+    except AttributeError:
+        cwd = os.getcwd()
+        with tempfile.TemporaryDirectory(prefix="eeonnx-shapes-") as scratch:
+            os.chdir(scratch)
+            try:
+                return tool.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+            finally:
+                os.chdir(cwd)

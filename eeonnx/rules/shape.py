@@ -29,19 +29,16 @@ def _factor(d) -> tuple[int, Counter] | None:
     return static, syms
 
 
-def align_groups(in_dims: list, out_dims: list) -> list[tuple[list[int], list[int]]] | None:
-    """Partition axes of both sides into consecutive groups of equal product.
+def _greedy(fi: list, fo: list) -> tuple[list[tuple[list[int], list[int]]], int, int]:
+    """Consecutive groups of equal product from the start of both sides.
 
-    Size-1 axes form groups of their own (they carry no layout). Returns None
-    when the dims cannot be aligned (unknown dims, incompatible products).
+    Stops (returning how far it got) where the two sides hold different
+    symbols that no amount of growing can reconcile (e.g. 'past+seq' against
+    'total'), or where one side runs out.
     """
-    fi = [_factor(d) for d in in_dims]
-    fo = [_factor(d) for d in out_dims]
-    if None in fi or None in fo:
-        return None
+    ones = lambda f: f[0] == 1 and not f[1]  # noqa: E731
     groups: list[tuple[list[int], list[int]]] = []
     i = j = 0
-    ones = lambda f: f[0] == 1 and not f[1]  # noqa: E731
     while i < len(fi) or j < len(fo):
         if i < len(fi) and ones(fi[i]):
             groups.append(([i], []))
@@ -52,29 +49,48 @@ def align_groups(in_dims: list, out_dims: list) -> list[tuple[list[int], list[in
             j += 1
             continue
         if i >= len(fi) or j >= len(fo):
-            return None
-        gi, gj = [i], [j]
-        pi, pj = fi[i], fo[j]
-        i, j = i + 1, j + 1
+            break
+        gi, gj, pi, pj = [i], [j], fi[i], fo[j]
+        ni, nj = i + 1, j + 1
         while pi != pj:
+            if pi[1] and pj[1] and not (pi[1] <= pj[1] or pj[1] <= pi[1]):
+                return groups, i, j  # different symbols: cannot be matched from here
             grow_left = (sum(pi[1].values()), pi[0]) < (sum(pj[1].values()), pj[0])
-            if grow_left and i < len(fi):
-                pi = (pi[0] * fi[i][0], pi[1] + fi[i][1])
-                gi.append(i)
-                i += 1
-            elif not grow_left and j < len(fo):
-                pj = (pj[0] * fo[j][0], pj[1] + fo[j][1])
-                gj.append(j)
-                j += 1
+            if grow_left and ni < len(fi):
+                pi = (pi[0] * fi[ni][0], pi[1] + fi[ni][1])
+                gi.append(ni)
+                ni += 1
+            elif not grow_left and nj < len(fo):
+                pj = (pj[0] * fo[nj][0], pj[1] + fo[nj][1])
+                gj.append(nj)
+                nj += 1
             else:
-                # one side is used up: by conservation of the element count the
-                # rest of the other side has the same product as this group
-                gi += list(range(i, len(fi)))
-                gj += list(range(j, len(fo)))
-                i, j = len(fi), len(fo)
-                break
+                return groups, i, j
         groups.append((gi, gj))
-    return groups
+        i, j = ni, nj
+    return groups, i, j
+
+
+def align_groups(in_dims: list, out_dims: list) -> list[tuple[list[int], list[int]]] | None:
+    """Partition axes of both sides into consecutive groups of equal product.
+
+    Groups are matched from the front, then from the back; whatever is left in
+    the middle is one group (the element count is conserved, so its products
+    agree even when its symbols are named differently). Size-1 axes form groups
+    of their own (they carry no layout). None when a dim is unknown.
+    """
+    fi = [_factor(d) for d in in_dims]
+    fo = [_factor(d) for d in out_dims]
+    if None in fi or None in fo:
+        return None
+    front, i, j = _greedy(fi, fo)
+    back_r, bi, bj = _greedy(fi[i:][::-1], fo[j:][::-1])
+    ni, no = len(fi) - i, len(fo) - j
+    back = [([len(fi) - 1 - k for k in gi][::-1], [len(fo) - 1 - k for k in gj][::-1]) for gi, gj in back_r][::-1]
+    middle_in = list(range(i, i + ni - bi))
+    middle_out = list(range(j, j + no - bj))
+    middle = [(middle_in, middle_out)] if middle_in or middle_out else []
+    return front + middle + back
 
 
 def merge(n: NodeView, xs: list[L.Term], ys: list[L.Term], in_dims: list, out_dims: list) -> None:
