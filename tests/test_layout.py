@@ -410,3 +410,45 @@ def test_kron_vs_cat_is_sound(outer, inner, blocks):
     c = L.cat(*[L.fresh(b) for b in blocks])
     u.unify(k, c, "")
     assert_same_everywhere(k, c, trials=3)
+
+
+# --------------------------------------------------------------------------
+# reporting: a weight's class that meets a positional axis is a reported loss
+# --------------------------------------------------------------------------
+needs_anchor = pytest.mark.skipif(not hasattr(L, "anchor"), reason="no anchored classes in this layout module")
+
+
+@needs_anchor
+def test_anchored_class_meeting_positional_axis_is_reported():
+    u = unifier()
+    weight_axis, spatial = L.Var(8), L.Var(8)
+    L.anchor(weight_axis)
+    u.pin(spatial, "positional", report=False)
+    u.unify(weight_axis, spatial, "elementwise")
+    pin = L.resolve(weight_axis).pin
+    assert pin is not None and not pin.inherent and pin.node == "node0"
+    assert is_identity(weight_axis)
+
+
+@needs_anchor
+@pytest.mark.xfail(strict=True, reason="BUG (reporting): unifying the same anchored/positional pair a "
+                   "second time binds the soft-pinned weight class under the inherent positional pin, "
+                   "so its reported loss disappears (what happens to Add(a, a^T) in test_ops)")
+def test_reported_pin_survives_a_second_unification():
+    u = unifier()
+    weight_axis, spatial = L.Var(8), L.Var(8)
+    L.anchor(weight_axis)
+    u.pin(spatial, "positional", report=False)
+    u.unify(weight_axis, spatial, "first")
+    u.unify(weight_axis, spatial, "second")
+    pin = L.resolve(weight_axis).pin
+    assert pin is not None and not pin.inherent, pin
+
+
+@needs_anchor
+def test_fresh_activation_axis_meeting_positional_axis_is_not_a_loss():
+    u = unifier()
+    activation, spatial = L.Var(8), L.Var(8)
+    u.pin(spatial, "positional", report=False)
+    u.unify(activation, spatial, "elementwise")
+    assert L.resolve(activation).pin.inherent

@@ -87,6 +87,19 @@ def is_content(comp, value: ir.Value) -> bool:
     return an.has_slot(value) and an.slot(value).root().term is not None
 
 
+#: Integer ids into a table of at most this many rows (segment / token-type ids)
+#: carry structure, not content: they are value-mapped but never force a split.
+STRUCTURE_ROWS = 8
+
+
+def _few_rows(comp, value: ir.Value) -> bool:
+    an = comp.analysis
+    if value.dtype is None or value.dtype.is_floating_point() or not an.has_slot(value):
+        return False
+    term = an.slot(value).root().term
+    return term is not None and term.size is not None and term.size <= STRUCTURE_ROWS
+
+
 def _node_flops(node: ir.Node) -> int:
     def numel(v):
         if v is None or v.shape is None:
@@ -168,7 +181,7 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
 
     def weak(values):
         return [v for v in values if v.name not in g.state_in | g.state_out and v.name not in allow_weak
-                and is_content(comp, v) and tensor_bits(comp, v) < min_bits]
+                and is_content(comp, v) and not _few_rows(comp, v) and tensor_bits(comp, v) < min_bits]
 
     if split_at:
         by_name = {o.name: o for n in g.nodes for o in n.outputs}
@@ -211,12 +224,17 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
 
     _check_convex(comp, g, plan)
     wire_in, wire_out = g.wire_in(plan.prefix), g.wire_out(plan.suffix)
+    if plan.active:
+        untyped = [v.name for v in wire_in + wire_out if v.dtype is None]
+        if untyped:
+            raise SplitError(f"the split would send '{untyped[0]}', whose type shape inference could not "
+                             "determine; try --split-at elsewhere or --split none")
     plan.wire_in = [v.name for v in wire_in]
     plan.wire_out = [v.name for v in wire_out]
     for v in wire_in + wire_out:
         if v.name in g.state_in | g.state_out:
             continue
-        if is_content(comp, v):
+        if is_content(comp, v) and not _few_rows(comp, v):
             plan.bits[v.name] = tensor_bits(comp, v)
         else:
             plan.public.append(v.name)
