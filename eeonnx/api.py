@@ -22,13 +22,13 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
     ``split_at``: tensor names to cut at by hand ("in:NAME" / "out:NAME").
     ``tokenizer``: a Hugging Face tokenizer.json; writes client/tokenizer.json
     whose ids are the encrypted ids.
+    ``quiet=False`` shows progress while large weights are written.
     Raises eeonnx.errors.EEError subclasses on refusal.
     """
-    del quiet
     return pipeline.compile_model(model, os.fspath(out), key=key, dims=dims, strict=strict,
                                   force=force, allow_clear=allow_clear, split_mode=split,
                                   min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak,
-                                  tokenizer=tokenizer)
+                                  tokenizer=tokenizer, progress=not quiet)
 
 
 def check(model, *, dims=None) -> pipeline.Compilation:

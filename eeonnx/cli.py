@@ -108,7 +108,8 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
     t0 = time.perf_counter()
     comp = compile_model(model, out, key=key, dims=_dims(dims), strict=strict, force=force,
                          allow_clear=allow_clear, split=split_mode, min_key_bits=min_key_bits,
-                         split_at=split_at, allow_weak=allow_weak, tokenizer=tokenizer)
+                         split_at=split_at, allow_weak=allow_weak, tokenizer=tokenizer,
+                         quiet=quiet or not sys.stderr.isatty())
     if not quiet:
         click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))
     if do_verify:

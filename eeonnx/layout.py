@@ -210,13 +210,27 @@ class Unifier:
 
     # -- pinning -------------------------------------------------------------
     def pin(self, t: Term, reason: str, report: bool = True, info: PinInfo | None = None) -> None:
-        """Force every free variable inside ``t`` to be the identity."""
-        if info is None:
-            node, op = self.context()[:2]
-            info = PinInfo(node, op, reason, inherent=not report)
+        """Force every free variable inside ``t`` to be the identity.
+
+        ``report=False`` marks an axis positional by nature; if it already
+        reaches a weight other than the node's own operands, that is still a
+        loss and is recorded as one (``soft``).
+        """
+        ctx = self.context()
+        node, op = ctx[0], ctx[1]
+        operands = ctx[2] if len(ctx) > 2 else frozenset()
         for v in free_vars(t):
-            if v.pin is None:
+            if v.pin is not None:
+                continue
+            if info is not None:
                 v.pin = info
+            elif report:
+                v.pin = PinInfo(node, op, reason)
+            elif v.anchored:
+                v.pin = PinInfo(node, op, f"{op}: a weight axis is used positionally here", soft=True,
+                                operands=operands)
+            else:
+                v.pin = PinInfo(node, op, reason, inherent=True)
 
     # -- unification ---------------------------------------------------------
     def unify(self, a: Term, b: Term, reason: str) -> None:
@@ -237,6 +251,8 @@ class Unifier:
             if isinstance(b, Var):
                 if a.pin is not None and b.pin is None:
                     a, b = b, a
+                if a.pin is not None and b.pin is not None:
+                    return  # both the identity already; keep each class's own report
                 if b.pin is not None and a.pin is None:
                     # both must be the identity. A class that already reaches a
                     # weight is kept apart and reported as lost *here*, where it

@@ -192,7 +192,7 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=()) -> Comp
 
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
                   allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
-                  tokenizer=None, progress=None) -> Compilation:
+                  tokenizer=None, progress=False) -> Compilation:
     """Compile ``model`` into the artifact directory ``out``; see the module docstring."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
@@ -211,5 +211,5 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     boundary.BoundaryPass(comp)(comp.model)
     if tokenizer is not None:
         comp.tokenizer = _client_tokenizer(comp, os.fspath(tokenizer))
-    emit.emit(comp, out, force)
+    emit.emit(comp, out, force, progress=progress)
     return comp

@@ -431,9 +431,6 @@ def test_anchored_class_meeting_positional_axis_is_reported():
 
 
 @needs_anchor
-@pytest.mark.xfail(strict=True, reason="BUG (reporting): unifying the same anchored/positional pair a "
-                   "second time binds the soft-pinned weight class under the inherent positional pin, "
-                   "so its reported loss disappears (what happens to Add(a, a^T) in test_ops)")
 def test_reported_pin_survives_a_second_unification():
     u = unifier()
     weight_axis, spatial = L.Var(8), L.Var(8)

@@ -1459,16 +1459,8 @@ def _silent_dropout_mask():
     return sandwich(body)
 
 
-@pytest.mark.parametrize("build", [
-    pytest.param(_silent_add_transposed, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG (reporting): Add ties the anchored channel class to H (pinned, inherent) and gets a soft "
-        "pin naming add_c_h; the next axis pair then merges two *pinned* vars, and Unifier.unify binds "
-        "the soft-pinned root under the inherent one, so the reported pin is lost: pins() == []"))),
-    pytest.param(_silent_channels_into_space, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG (reporting): conv2's rule calls public() (pin with report=False -> inherent) directly on "
-        "its input's spatial axis, which is conv1's anchored channel class; only unify() turns that "
-        "into a reported soft pin, so the loss is silent: pins() == [], strict=True compiles"))),
-], ids=["add-transposed", "channels-into-space"])
+@pytest.mark.parametrize("build", [_silent_add_transposed, _silent_channels_into_space],
+                         ids=["add-transposed", "channels-into-space"])
 def test_lost_channel_secrecy_is_reported(build, tmp_path):
     from eeonnx.errors import StrictPinError
 

@@ -95,7 +95,8 @@ def crossings(comp, values: list[ir.Value], is_input: bool, refuse: bool = True)
                             else "made by the client layers in decode.onnx")
             else:
                 c.refused = True
-                c.reason = "its shape is unknown" if terms is None else "no secret axis reaches it"
+                c.reason = ("its shape is unknown (try --dim NAME=SIZE)" if terms is None
+                            else "no secret axis reaches it")
         out.append(c)
     return out
 

@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from eeonnx.errors import OutputExistsError
 from eeonnx.keys import write_key
+from eeonnx.progress import Progress
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights above 1 GiB go to model.onnx.data
 
@@ -52,14 +53,14 @@ def _signals_as_exceptions():
         signal.signal(signal.SIGTERM, old)
 
 
-def emit(comp, out: str, force: bool) -> None:
+def emit(comp, out: str, force: bool, progress: bool = False) -> None:
     check_target(out, force)
     parent = os.path.dirname(os.path.abspath(out)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".eeonnx-", dir=parent)
     try:
         with _signals_as_exceptions():
-            _write(comp, tmp)
+            _write(comp, tmp, progress)
             if os.path.exists(out):
                 old = tempfile.mkdtemp(prefix=".eeonnx-old-", dir=parent)
                 os.rename(out, os.path.join(old, "out"))
@@ -72,7 +73,7 @@ def emit(comp, out: str, force: bool) -> None:
         raise
 
 
-def _write(comp, root: str) -> None:
+def _write(comp, root: str, progress: bool = False) -> None:
     server_dir, client_dir = os.path.join(root, "server"), os.path.join(root, "client")
     os.makedirs(server_dir)
     os.makedirs(client_dir)
@@ -83,7 +84,11 @@ def _write(comp, root: str) -> None:
         onnx.save(comp.server_proto, server_path, save_as_external_data=external,
                   location="model.onnx.data")
     else:
-        ir.save(comp.model, server_path, external_data="model.onnx.data" if external else None)
+        bar = Progress(comp.weight_bytes) if progress and external else None
+        ir.save(comp.model, server_path, external_data="model.onnx.data" if external else None,
+                callback=bar.tensor_written if bar else None)
+        if bar:
+            bar.close()
     onnx.save(comp.encode_model, os.path.join(client_dir, "encode.onnx"))
     onnx.save(comp.decode_model, os.path.join(client_dir, "decode.onnx"))
     write_key(comp.key, os.path.join(client_dir, "key.json"))

@@ -31,6 +31,19 @@ class SecretClass:
         return L.log2_factorial(self.size)
 
 
+def learned_weights(model: ir.Model) -> set[str]:
+    """Initializers that some op contracts over (a rule registered with mixes=True)."""
+    from eeonnx import rules
+    from eeonnx.passes.check import opset_of
+
+    out = set()
+    for node in model.graph:
+        r = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
+        if r is not None and r.mixes:
+            out.update(v.name for v in node.inputs if v is not None and v.is_initializer())
+    return out
+
+
 class KeygenPass:
     def __init__(self, comp):
         self.comp = comp
@@ -39,6 +52,7 @@ class KeygenPass:
         an = self.comp.analysis
         classes: dict[int, SecretClass] = {}
         losses: dict[int, tuple[L.PinInfo, int, str]] = {}
+        weights = learned_weights(model)
         anchors: dict[int, set[str]] = {}
         for name, value in model.graph.initializers.items():
             if value in an.uniform_shared:
@@ -57,7 +71,7 @@ class KeygenPass:
                         continue
                     if v.pin is None:
                         classes[v.uid] = SecretClass(f"c{len(classes)}", f"{name}:{axis}:{k}", v.size)
-                    elif not v.pin.inherent and (not v.pin.soft or anchors[v.uid] - v.pin.operands):
+                    elif not v.pin.inherent and (not v.pin.soft or (anchors[v.uid] & weights) - v.pin.operands):
                         losses[v.uid] = (v.pin, v.size, f"{name}[axis {axis}]")
         self.comp.classes = classes
         self.comp.losses = list(losses.values())

@@ -53,8 +53,21 @@ class NormalizePass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=True)
 
 
+UNSUPPORTED_INPUT_TYPES = {ir.DataType.STRING, ir.DataType.COMPLEX64, ir.DataType.COMPLEX128}
+
+
 def _check_graph(model: ir.Model) -> None:
-    """Refuse graphs that are not valid SSA before any pass trusts them."""
+    """Refuse what no pass can handle: opsets newer than the installed onnx,
+    inputs of string/complex type, graphs that are not valid SSA."""
+    known = onnx.defs.onnx_opset_version()
+    used = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    if used > known:
+        raise ModelLoadError(f"the model uses ONNX opset {used}, newer than the installed onnx knows "
+                             f"({known}): upgrade onnx (pip install -U onnx)")
+    for v in model.graph.inputs:
+        if v.dtype in UNSUPPORTED_INPUT_TYPES:
+            raise ModelLoadError(f"input '{v.name}' has type {v.dtype.name.lower()}, which eeonnx cannot "
+                                 "encrypt; feed the model numeric tensors (e.g. pre-tokenized ids)")
     seen: set[str] = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
     for node in model.graph:
         for o in node.outputs:

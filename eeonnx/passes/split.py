@@ -214,7 +214,8 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
                 p = v.producer()
                 if p is None:
                     raise SplitError(f"input '{v.name}' reaches an output with only "
-                                     f"{tensor_bits(comp, v):.0f} key bits: no split helps")
+                                     f"{tensor_bits(comp, v):.0f} key bits: no split helps"
+                                     + ("" if v.shape is not None else " (its shape is unknown: try --dim NAME=SIZE)"))
                 grow |= g.descendants(g.index[id(p)])
             if not grow:
                 break

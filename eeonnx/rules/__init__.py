@@ -28,6 +28,7 @@ class OpRule:
     since: int
     until: int | None
     apply: Callable[["NodeView"], None]
+    mixes: bool = False  # contracts over axes of its constant inputs: those are learned weights
 
     @property
     def doc(self) -> str:
@@ -37,12 +38,16 @@ class OpRule:
 REGISTRY: dict[tuple[str, str], list[OpRule]] = {}
 
 
-def rule(*op_types: str, domain: str = "", since: int = 1, until: int | None = None):
-    """Register ``fn`` as the rule of each op type for opsets [since, until]."""
+def rule(*op_types: str, domain: str = "", since: int = 1, until: int | None = None, mixes: bool = False):
+    """Register ``fn`` as the rule of each op type for opsets [since, until].
+
+    ``mixes=True`` says the op contracts over axes of its constant inputs
+    (Conv, MatMul, ...): those constants are learned weights, whose classes are
+    worth reporting when something pins them."""
 
     def deco(fn: Callable[[NodeView], None]):
         for op in op_types:
-            REGISTRY.setdefault((domain, op), []).append(OpRule(domain, op, since, until, fn))
+            REGISTRY.setdefault((domain, op), []).append(OpRule(domain, op, since, until, fn, mixes))
         return fn
 
     return deco

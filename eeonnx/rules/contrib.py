@@ -170,7 +170,7 @@ def skip_simplified_layer_norm(n: NodeView) -> None:
     _skip_norm(n, [2, 3])
 
 
-@rule("EmbedLayerNormalization", domain=MS)
+@rule("EmbedLayerNormalization", domain=MS, mixes=True)
 def embed_layer_norm(n: NodeView) -> None:
     """LayerNorm(word[ids] + position[0..S) + segment[segment_ids]) * gamma + beta.
 
@@ -207,7 +207,7 @@ def embed_layer_norm(n: NodeView) -> None:
 # --------------------------------------------------------------------------
 # attention
 # --------------------------------------------------------------------------
-@rule("Attention", domain=MS)
+@rule("Attention", domain=MS, mixes=True)
 def attention(n: NodeView) -> None:
     """Packed-QKV attention: Y = MHA(X W + b).
 

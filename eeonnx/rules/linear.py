@@ -10,7 +10,7 @@ from eeonnx.rules import NodeView, rule
 from eeonnx.rules.elementwise import broadcast
 
 
-@rule("Gemm")
+@rule("Gemm", mixes=True)
 def gemm(n: NodeView) -> None:
     """Y = alpha * A' B' + beta * C, A' = A or A^T, B' = B or B^T; C broadcast to Y."""
     a, b, y = n.x(0), n.x(1), n.y(0)
@@ -23,7 +23,7 @@ def gemm(n: NodeView) -> None:
         broadcast(n, [2])
 
 
-@rule("MatMul")
+@rule("MatMul", mixes=True)
 def matmul(n: NodeView) -> None:
     """numpy matmul semantics, 1-D operands included."""
     a, b, y = n.x(0), n.x(1), n.y(0)
@@ -56,7 +56,7 @@ def _einsum_terms(spec: str, rank: int) -> list[str]:
     return list(head) + [f"...{k}" for k in range(n_ell)] + list(tail)
 
 
-@rule("Einsum")
+@rule("Einsum", mixes=True)
 def einsum(n: NodeView) -> None:
     """Every letter is one axis class: all axes with the same letter are tied.
 

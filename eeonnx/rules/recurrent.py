@@ -32,7 +32,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 SEQ_REASON = "the recurrence reads the sequence axis in order"
 
 
-@rule("LSTM", "GRU", "RNN")
+@rule("LSTM", "GRU", "RNN", mixes=True)
 def recurrent(n: NodeView) -> None:
     """X[seq,batch,in], W[dir,G*h,in], R[dir,G*h,h], B[dir,2G*h] -> Y[seq,dir,batch,h], Y_h, Y_c."""
     op = n.node.op_type

@@ -11,7 +11,7 @@ from eeonnx import layout as L
 from eeonnx.rules import NodeView, rule
 
 
-@rule("Conv")
+@rule("Conv", mixes=True)
 def conv(n: NodeView) -> None:
     """X[N,C,*], W[M,C/g,*k], B[M] -> Y[N,M,*]: channels tied through W, space pinned."""
     x, w, y = n.x(0), n.x(1), n.y(0)
@@ -28,7 +28,7 @@ def conv(n: NodeView) -> None:
         n.unify(n.x(2)[0], y[1])
 
 
-@rule("ConvTranspose")
+@rule("ConvTranspose", mixes=True)
 def conv_transpose(n: NodeView) -> None:
     """X[N,C,*], W[C,M/g,*k], B[M] -> Y[N,M,*]."""
     x, w, y = n.x(0), n.x(1), n.y(0)
