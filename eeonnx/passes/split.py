@@ -213,9 +213,7 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
             for v in weak(g.wire_out(plan.suffix)):
                 p = v.producer()
                 if p is None:
-                    raise SplitError(f"input '{v.name}' reaches an output with only "
-                                     f"{tensor_bits(comp, v):.0f} key bits: no split helps"
-                                     + ("" if v.shape is not None else " (its shape is unknown: try --dim NAME=SIZE)"))
+                    raise SplitError(_no_split_message(comp, g, min_bits))
                 grow |= g.descendants(g.index[id(p)])
             if not grow:
                 break
@@ -250,6 +248,19 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
     return plan
 
 
+def _no_split_message(comp, g: _Graph, min_bits: float) -> str:
+    best, where = 0.0, None
+    for n in g.nodes:
+        for o in n.outputs:
+            if is_content(comp, o) and tensor_bits(comp, o) > best:
+                best, where = tensor_bits(comp, o), o.name
+    strongest = f"the strongest tensor, '{where}', has {best:.0f}" if where else "no tensor has any"
+    return (f"no convex split gives every tensor on the wire {min_bits:g} key bits (a cut through "
+            f"the weak layers also cuts their skip connections); {strongest}. Wider layers give more "
+            "(n channels = log2(n!) bits); else lower --min-key-bits, or --split none with "
+            "--allow-weak NAME to accept weak boundaries")
+
+
 def _shape(v: ir.Value) -> list:
     return [] if v.shape is None else [d if isinstance(d, int) else d.value for d in v.shape]
 
@@ -257,9 +268,7 @@ def _shape(v: ir.Value) -> list:
 def _check_convex(comp, g: _Graph, plan: SplitPlan) -> None:
     both = plan.prefix & plan.suffix
     if both or len(plan.prefix | plan.suffix) == len(g.nodes):
-        raise SplitError(
-            "every crossing tensor would need the whole model on the client: no split reaches "
-            f"{plan.min_bits:g} key bits (lower --min-key-bits, or --split none with --allow-weak)")
+        raise SplitError(_no_split_message(comp, g, plan.min_bits))
     for k in plan.prefix:
         n = g.nodes[k]
         if any(v is not None and v.name in g.state_in for v in n.inputs):
