@@ -82,7 +82,11 @@ def check_report(comp) -> dict:
     inputs = crossings(comp, list(comp.model.graph.inputs), is_input=True)
     outputs = crossings(comp, [v for v in comp.model.graph.outputs if v.name not in state_names], False)
     refused = [c.name for c in inputs + outputs if c.refused]
+    split_info = _split_preview(comp)
+    if "error" not in split_info:
+        refused = []  # the split takes care of weak and clear boundaries
     return {
+        "split": split_info,
         "model": comp.source,
         "inputs": wire(inputs),
         "outputs": wire(outputs),
@@ -91,13 +95,40 @@ def check_report(comp) -> dict:
         "ops": dict(sorted(ops.items())),
         "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)} for c in comp.classes.values()],
         "key_bits": round(comp.key_bits, 1),
-        "compilable": not comp.unsupported and not refused,
+        "compilable": not comp.unsupported and "error" not in split_info,
     }
+
+
+def _split_preview(comp) -> dict:
+    """What the default compile (--split auto, 128 bits) would move to the client."""
+    from eeonnx.errors import EEError
+    from eeonnx.passes.split import plan_split
+
+    try:
+        plan = plan_split(comp, comp.model, "auto", 128.0, (), tuple(comp.allow_clear))
+    except EEError as e:
+        return {"error": str(e)}
+    names = [n.name for n in comp.model.graph]
+    out = plan.summary()
+    out["client_prefix"] = [names[k] for k in sorted(plan.prefix)]
+    out["client_suffix"] = [names[k] for k in sorted(plan.suffix)]
+    return out
 
 
 def check_text(report: dict) -> str:
     lines = [f"{report['model']}: {'compilable' if report['compilable'] else 'NOT compilable'}, "
              f"{len(report['classes'])} secret classes, key space {report['key_bits']:.0f} bits"]
+    s = report.get("split", {})
+    if "error" in s:
+        lines.append(f"  split (auto, 128 bits): impossible: {s['error']}")
+    elif s:
+        lines.append(f"  split (auto, 128 bits): {len(s['client_prefix'])} node(s) to encode.onnx, "
+                     f"{len(s['client_suffix'])} to decode.onnx; client share {s['client_flops_share']:.1%} "
+                     f"of FLOPs, {s['client_weight_bytes_share']:.1%} of weight bytes")
+        for name, bits in s["wire_bits"].items():
+            lines.append(f"    wire {name}: {bits:.0f} key bits")
+        for name in s["public_structure"]:
+            lines.append(f"    wire {name}: public structure")
     for kind in ("inputs", "outputs"):
         for c in report[kind]:
             state = "CLEAR: " + c["reason"] if c["clear"] else "layout " + " x ".join(c["layout"])
