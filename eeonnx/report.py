@@ -28,7 +28,7 @@ def pins_lines(comp) -> list[str]:
 def compile_summary(comp, out: str, seconds: float) -> str:
     share = comp.permuted_bytes / comp.weight_bytes if comp.weight_bytes else 0.0
     lines = [
-        f"compiled {comp.source} -> {out} in {seconds:.1f} s",
+        f"compiled {comp.source} -> {out} in {seconds:.2f} s",
         f"  {class_summary(comp)}",
         f"  weights under a secret permutation: {share:.1%} "
         f"({_bytes(comp.permuted_bytes)} of {_bytes(comp.weight_bytes)})",
