@@ -57,6 +57,8 @@ def main(debug: bool) -> None:
       eeonnx compile model.onnx -o out/         # write the artifacts
       eeonnx verify  model.onnx out/            # golden run on ONNX Runtime
       eeonnx run     out/ --input x=x.npy       # encrypted inference
+      eeonnx generate out/ --prompt-ids 1,2,3   # language models, KV cache on the server
+      eeonnx bench   model.onnx out/            # plain vs server latency
     Ship out/server/model.onnx; keep out/client/ (it holds the key).
     """
     del debug
@@ -83,12 +85,15 @@ def main(debug: bool) -> None:
               help="Accept a wire tensor below --min-key-bits (repeatable).")
 @click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Hugging Face tokenizer.json: also write client/tokenizer.json with encrypted ids.")
+@click.option("--server-state/--client-state", default=True, show_default=True,
+              help="Keep a KV cache (past -> present pairs found in the graph) on the server, "
+                   "or pass it through encode/decode like any other tensor.")
 @click.option("--strict", is_flag=True, help="Fail instead of pinning any weight axis to the identity.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT (atomically).")
 @click.option("--verify/--no-verify", "do_verify", default=False, help="Run a golden check after writing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, split_at, allow_weak,
-                tokenizer, strict, force, do_verify, quiet):
+                tokenizer, server_state, strict, force, do_verify, quiet):
     """Compile MODEL into an encrypted server model plus client files.
 
     \b
@@ -109,6 +114,7 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
     comp = compile_model(model, out, key=key, dims=_dims(dims), strict=strict, force=force,
                          allow_clear=allow_clear, split=split_mode, min_key_bits=min_key_bits,
                          split_at=split_at, allow_weak=allow_weak, tokenizer=tokenizer,
+                         server_state=server_state,
                          quiet=quiet or not sys.stderr.isatty())
     if not quiet:
         click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))

@@ -174,7 +174,7 @@ def _uses_external_data(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
 
 
-def analyze(model, *, key: Key | None = None, dims=None, allow_clear=()) -> Compilation:
+def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_state=True) -> Compilation:
     """Load, normalize, check and solve layouts; derive permutations. Writes nothing."""
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<memory>"
     m = load.load_model(model)
@@ -186,17 +186,18 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=()) -> Comp
     check.CheckPass(comp)(m)
     propagate.PropagatePass(comp)(m)
     keygen.KeygenPass(comp)(m)
-    state.StatePass(comp)(m)
+    if server_state:
+        state.StatePass(comp)(m)
     return comp
 
 
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
                   allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
-                  tokenizer=None, progress=False) -> Compilation:
+                  tokenizer=None, server_state=True, progress=False) -> Compilation:
     """Compile ``model`` into the artifact directory ``out``; see the module docstring."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
-    comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear)
+    comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear, server_state=server_state)
     if comp.unsupported:
         node, why = comp.unsupported[0]
         more = f" (and {len(comp.unsupported) - 1} more; see `eeonnx check`)" if len(comp.unsupported) > 1 else ""

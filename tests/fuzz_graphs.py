@@ -71,7 +71,8 @@ def numel(shape) -> int:
 
 
 def fits(shape) -> bool:
-    return all(1 <= d <= MAX_DIM for d in shape) and numel(shape) <= MAX_NUMEL
+    """Small enough (new dims are drawn up to MAX_DIM; merged axes may be bigger)."""
+    return all(d >= 1 for d in shape) and numel(shape) <= MAX_NUMEL
 
 
 def divisors(n: int) -> list[int]:
@@ -641,7 +642,10 @@ def _bcast_ok(a, b):
 
 
 def _d_binary(draw, f, v):
-    u = _pick(draw, f, _partners(f, v, _bcast_ok))
+    cands = _partners(f, v, _bcast_ok)
+    if not cands:
+        return
+    u = _pick(draw, f, cands)
     kind = draw(st.sampled_from(["binary", "binary", "where", "div"]))
     if kind == "binary":
         f.binary(v, u, draw(st.sampled_from(BINARY)))
@@ -653,6 +657,8 @@ def _d_binary(draw, f, v):
 
 def _d_variadic(draw, f, v):
     same = _partners(f, v, _bcast_ok)
+    if not same:
+        return
     k = draw(st.integers(2, 3))
     others = [_pick(draw, f, same) for _ in range(k - 1)]
     if broadcast_shape(*[f.s(x) for x in [v] + others]) is None:
@@ -812,7 +818,7 @@ def _d_concat(draw, f, v):
         if fits(shape):
             f.concat_weight(v, axis, size, first=draw(st.booleans()))
         return
-    cands = _partners(f, v, lambda a, b: _concat_ok(axis)(a, b))
+    cands = _partners(f, v, _concat_ok(axis))
     k = draw(st.integers(1, 2))
     others = [_pick(draw, f, cands) for _ in range(k)]
     vs = [v] + others
@@ -859,7 +865,7 @@ def _d_slice(draw, f, v):
 
 def _factorizations(n: int, parts: int) -> list[list[int]]:
     if parts == 1:
-        return [[n]] if n <= MAX_DIM else []
+        return [[n]] if n <= 4 * MAX_DIM else []
     out = []
     for d in divisors(n):
         if d <= MAX_DIM:
@@ -1111,36 +1117,86 @@ def input_shapes(draw):
     return [_dim(draw, 1, 12)]
 
 
-@st.composite
-def graphs(draw, max_steps: int = 6, ops=None):
-    """A validated :class:`FuzzGraph`: 1-2 inputs, 1..max_steps op steps, 1-2 outputs.
+ANCHORS = ("conv", "matmul_w", "gemm", "einsum", "weight", "prelu", "batchnorm", "instancenorm",
+           "layernorm", "conv_transpose")
 
-    ``ops``: restrict to these op names (see ``OP_NAMES``)."""
-    table = [o for o in OPS if ops is None or o[0] in ops]
-    f = FuzzGraph(opset=draw(st.sampled_from(OPSETS)), seed=draw(st.integers(0, 3)))
-    f.input(draw(input_shapes()))
-    steps = draw(st.integers(1, max_steps))
-    for _ in range(steps):
-        if len(f.shapes) < 8 and sum(f.is_input) < 2 and draw(st.integers(0, 9)) == 0:
-            # a second input, shaped like an existing value (so that it can meet it)
-            base = f.s(_pick(draw, f, range(len(f.shapes))))
-            shape = [d if draw(st.integers(0, 3)) else 1 for d in base] if base else []
-            shape = shape[draw(st.integers(0, min(1, len(shape)))):]
-            if not shape:
-                shape = [1]
-            f.input(shape)
-        v = _pick(draw, f, range(len(f.shapes)))
-        options = [o for o in table if o[1](f, f.s(v))]
-        if not options:
-            continue
+
+def _often(draw, yes: int = 4, no: int = 1) -> bool:
+    return draw(st.sampled_from([True] * yes + [False] * no))
+
+
+def _apply_one(draw, f, v, table) -> None:
+    options = [o for o in table if o[1](f, f.s(v))]
+    if options:
         _, _, apply = draw(st.sampled_from(options))
         apply(draw, f, v)
+
+
+def _meet(draw, f, v) -> None:
+    """A second input, shaped to meet value v, and the op that combines them."""
+    s = list(f.s(v))
+    kind = draw(st.sampled_from(["binary", "concat", "matmul"] if s else ["binary"]))
+    if kind == "concat":
+        axis = draw(st.integers(0, len(s) - 1))
+        shape = list(s)
+        shape[axis] = _dim(draw, 1, 6)
+        out = list(s)
+        out[axis] += shape[axis]
+        if fits(out):
+            x = f.input(shape)
+            f.concat([x, v] if draw(st.booleans()) else [v, x], axis)
+            return
+        kind = "binary"
+    if kind == "matmul":
+        n = _dim(draw, 1, 8)
+        left = len(s) >= 2 and draw(st.booleans())
+        shape = [n, s[-2]] if left else ([s[-1], n] if len(s) >= 2 or draw(st.booleans()) else [s[-1]])
+        a, b = (shape, s) if left else (s, shape)
+        if fits(_matmul_shape(a, b)):
+            x = f.input(shape)
+            f.matmul(x, v) if left else f.matmul(v, x)
+            return
+        kind = "binary"
+    shape = [d if _often(draw, 3, 1) else 1 for d in s]
+    if shape and draw(st.integers(0, 3)) == 0:
+        shape = shape[1:]
+    x = f.input(shape or [1])
+    how = draw(st.sampled_from(["binary", "binary", "where", "variadic"]))
+    first, second = (x, v) if draw(st.booleans()) else (v, x)
+    if how == "binary":
+        f.binary(first, second, draw(st.sampled_from(BINARY)))
+    elif how == "where":
+        f.where_max(first, second, flip=draw(st.booleans()))
+    else:
+        f.variadic([first, second], draw(st.sampled_from(VARIADIC)))
+
+
+@st.composite
+def graphs(draw, max_steps: int = 6, ops=None, two_inputs: bool = True):
+    """A validated :class:`FuzzGraph`: 1-2 inputs, 1..max_steps op steps, 1-2 outputs.
+
+    Shape of a draw: an input, usually a weighted op on it (a secret class to carry),
+    sometimes a second input that meets the first, a body of random ops on random
+    earlier values (recent ones more likely), usually a weighted op at the end.
+    ``ops``: restrict the body to these op names (see ``OP_NAMES``)."""
+    table = [o for o in OPS if ops is None or o[0] in ops]
+    anchors = [o for o in OPS if o[0] in ANCHORS]
+    f = FuzzGraph(opset=draw(st.sampled_from(OPSETS)), seed=draw(st.integers(0, 3)))
+    f.input(draw(input_shapes()))
+    if _often(draw):
+        _apply_one(draw, f, 0, anchors)
+    if two_inputs and _often(draw, 1, 3):
+        _meet(draw, f, _pick(draw, f, range(len(f.shapes))))
+    for _ in range(draw(st.integers(0, max_steps))):
+        _apply_one(draw, f, _pick(draw, f, range(len(f.shapes))), table)
+    if _often(draw):
+        _apply_one(draw, f, len(f.shapes) - 1, anchors)
     made = [v for v in range(len(f.shapes)) if not f.is_input[v]]
     if not made:
         _d_unary(draw, f, len(f.shapes) - 1)
         made = [len(f.shapes) - 1]
     f.output(made[-1])
-    if len(made) > 1 and draw(st.integers(0, 3)) == 0:
+    if len(made) > 1 and _often(draw, 1, 3):
         f.output(_pick(draw, f, made[:-1]))
     validate(f)
     return f

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import onnx
 import pytest
 
 import eeonnx
@@ -23,7 +24,9 @@ INT32 = 6
 _CLS = r"c\d+"
 #: the tiny classes here (heads 4, head_dim 8) are far below the default 128 key bits per
 #: wire tensor; these tests are about the rules, so the boundary stays at the model's I/O
-WEAK = {"min_key_bits": 0}
+#: tiny head classes are below the default key-bit threshold; caches with a non-empty
+#: past are fed by the test, so they go through encode/decode (client-held state)
+WEAK = {"min_key_bits": 0, "server_state": False}
 
 
 def _g(seed: int = 0, check: bool = True) -> G:
@@ -445,3 +448,17 @@ def test_bias_add_and_split_gelu_spec():
     m = _match("cat(A[16], A[16])", s["w_in"][1])
     assert s["b1"][0] == s["b2"][0] == s["w_skip"][1] == s["w_in"][1]
     assert s["y.w"][0] == f"{m['A']}[16]"
+
+
+def test_attention_cache_is_server_state(tmp_path):
+    """past -> present of a fused Attention is found from the op (registry ``state=``),
+    not from names: it bypasses encode/decode and is listed in the manifest."""
+    model = _build_attention(v_hidden=None, past=True, bias_heads=False)
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    comp = eeonnx.compile(src, tmp_path / "out", min_key_bits=0)
+    past = next(i.name for i in model.graph.input if i.name == "past")
+    present = model.graph.output[1].name
+    assert [(s.input, s.output, s.axis) for s in comp.state] == [(past, present, 3)]
+    enc = onnx.load(tmp_path / "out" / "client" / "encode.onnx")
+    assert past not in [i.name for i in enc.graph.input]

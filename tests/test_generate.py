@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
@@ -164,3 +163,62 @@ def test_cli_generate(artifact):
                                         "--provider", "cpu"])
     assert res.exit_code == 0, res.output
     assert [int(t) for t in res.stdout.split()] == want
+
+
+# --------------------------------------------------------------------------- text prompts (client tokenizer)
+@pytest.fixture(scope="module")
+def text_artifact(tmp_path_factory):
+    """llama_kv compiled with the WordPiece fixture tokenizer (both have 320 ids)."""
+    pytest.importorskip("tokenizers")
+    out = tmp_path_factory.mktemp("llama_kv_tok") / "out"
+    eeonnx.compile(FIXTURES / "llama_kv.ts.onnx", out, tokenizer=FIXTURES / "bert.tokenizer.json")
+    return out
+
+
+TEXT = "the quick brown fox"
+
+
+def test_text_prompt_generate(text_artifact):
+    tokenizers = pytest.importorskip("tokenizers")
+    plain_tok = tokenizers.Tokenizer.from_file(str(FIXTURES / "bert.tokenizer.json"))
+    client, server = _pair(text_artifact)
+    view = client.plain_tokenizer()
+    ids = plain_tok.encode(TEXT).ids
+    assert view.encode(TEXT) == ids
+    want = Plain("llama_kv.ts.onnx").greedy_recompute(ids, 8)
+    assert list(client.generate(server, view.encode(TEXT), max_new_tokens=8)) == want
+    assert view.decode(want) == plain_tok.decode(want)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in `eeonnx generate --prompt`: it prints tokenizer.decode([token]) one token at a time, so "
+    "WordPiece continuations keep their '##' and lose the spaces (and byte-level BPE splits multi-byte "
+    "characters into U+FFFD); the text differs from decoding the generated ids"))
+def test_cli_text_prompt_prints_the_decoded_text(text_artifact):
+    tokenizers = pytest.importorskip("tokenizers")
+    plain_tok = tokenizers.Tokenizer.from_file(str(FIXTURES / "bert.tokenizer.json"))
+    want = Plain("llama_kv.ts.onnx").greedy_recompute(plain_tok.encode(TEXT).ids, 8)
+    res = CliRunner().invoke(cli_main, ["generate", str(text_artifact), "--prompt", TEXT, "--max-new-tokens", "8",
+                                        "--provider", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == plain_tok.decode(want).strip()
+
+
+# --------------------------------------------------------------------------- verify on a stateful model
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in eeonnx verify (and compile --verify): the server is run on encode's outputs only, without "
+    "its state inputs (past_key_values.*), so a KV-cache model fails with ORT's 'Required inputs ... are "
+    "missing' traceback even with consistent dims (and with the default dims the random past/total "
+    "lengths disagree and the original model itself fails)"))
+def test_cli_verify_kv_model(artifact):
+    out = artifact("llama_kv.ts.onnx")
+    res = CliRunner().invoke(cli_main, ["verify", str(FIXTURES / "llama_kv.ts.onnx"), str(out), "--trials", "1",
+                                        "--dim", "past_sequence=0", "--dim", "total_sequence=2"])
+    assert res.exception is None and res.exit_code == 0, res.output
+
+
+def test_cli_verify_stateless_model(artifact):
+    out = artifact("llama.dynamo.onnx")
+    res = CliRunner().invoke(cli_main, ["verify", str(FIXTURES / "llama.dynamo.onnx"), str(out), "--trials", "1"])
+    assert res.exit_code == 0, res.output
+    assert "ok" in res.stdout

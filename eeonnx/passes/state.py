@@ -2,8 +2,10 @@
 
 A pair is (graph input P, graph output Q) where Q is a Concat along some
 axis of P (reached through value-preserving Identity/Cast) and something
-computed in this call: the caller feeds Q back as P on the next call. The
-pairing is read from the graph, never from names.
+computed in this call, or the output of a fused op whose rule declares that
+it extends that input along an axis (``state=`` in the registry, e.g.
+GroupQueryAttention's past/present): the caller feeds Q back as P on the next
+call. The pairing is read from the graph, never from names.
 
 Invariant: leaves the model unchanged; fills ``comp.state`` with one
 StatePair per pair, in graph-output order. State tensors keep their names on
@@ -37,18 +39,36 @@ def _source(value: ir.Value) -> ir.Value:
     return value
 
 
+def _extends(model: ir.Model, value: ir.Value) -> tuple[list, int] | None:
+    """(candidate inputs, axis) when ``value`` is its producer's input extended along an axis."""
+    from eeonnx import rules
+    from eeonnx.passes.check import opset_of
+
+    node = value.producer()
+    if node is None or value.shape is None:
+        return None
+    if node.op_type == "Concat" and node.domain in ("", "ai.onnx"):
+        return list(node.inputs), int(node.attributes["axis"].value) % len(value.shape)
+    r = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
+    k = list(node.outputs).index(value)
+    for i, o, axis in (r.state if r is not None else ()):
+        if o == k and i < len(node.inputs) and node.inputs[i] is not None:
+            return [node.inputs[i]], axis
+    return None
+
+
 def find_state(model: ir.Model) -> list[StatePair]:
     inputs = {id(v): v for v in model.graph.inputs}
     pairs, used = [], set()
     for out in model.graph.outputs:
-        node = _source(out).producer()
-        if node is None or node.op_type != "Concat":
+        found = _extends(model, _source(out))
+        if found is None:
             continue
+        candidates, axis = found
         rank = len(out.shape) if out.shape is not None else None
         if rank is None:
             continue
-        axis = int(node.attributes["axis"].value) % rank
-        for inp in node.inputs:
+        for inp in candidates:
             src = _source(inp) if inp is not None else None
             if src is not None and id(src) in inputs and src.name not in used:
                 if src.shape is None or len(src.shape) != rank:

@@ -29,6 +29,9 @@ class OpRule:
     until: int | None
     apply: Callable[["NodeView"], None]
     mixes: bool = False  # contracts over axes of its constant inputs: those are learned weights
+    # (input index, output index, axis): the output is the input extended along
+    # axis (a KV cache inside a fused attention op)
+    state: tuple = ()
 
     @property
     def doc(self) -> str:
@@ -38,16 +41,18 @@ class OpRule:
 REGISTRY: dict[tuple[str, str], list[OpRule]] = {}
 
 
-def rule(*op_types: str, domain: str = "", since: int = 1, until: int | None = None, mixes: bool = False):
+def rule(*op_types: str, domain: str = "", since: int = 1, until: int | None = None, mixes: bool = False,
+         state: tuple = ()):
     """Register ``fn`` as the rule of each op type for opsets [since, until].
 
     ``mixes=True`` says the op contracts over axes of its constant inputs
     (Conv, MatMul, ...): those constants are learned weights, whose classes are
-    worth reporting when something pins them."""
+    worth reporting when something pins them. ``state`` lists (input, output,
+    axis) triples where the op appends to a cache it reads (past -> present)."""
 
     def deco(fn: Callable[[NodeView], None]):
         for op in op_types:
-            REGISTRY.setdefault((domain, op), []).append(OpRule(domain, op, since, until, fn, mixes))
+            REGISTRY.setdefault((domain, op), []).append(OpRule(domain, op, since, until, fn, mixes, state))
         return fn
 
     return deco

@@ -207,7 +207,7 @@ def embed_layer_norm(n: NodeView) -> None:
 # --------------------------------------------------------------------------
 # attention
 # --------------------------------------------------------------------------
-@rule("Attention", domain=MS, mixes=True)
+@rule("Attention", domain=MS, mixes=True, state=((4, 1, 3),))
 def attention(n: NodeView) -> None:
     """Packed-QKV attention: Y = MHA(X W + b).
 
@@ -261,7 +261,7 @@ def attention(n: NodeView) -> None:
         _heads_axis(n, 5, 1, h, heads)
 
 
-@rule("MultiHeadAttention", domain=MS)
+@rule("MultiHeadAttention", domain=MS, state=((6, 1, 2), (7, 2, 2)))
 def multi_head_attention(n: NodeView) -> None:
     """Attention on projected Q [B,S,H*D], K [B,L,H*D], V [B,L,H*Dv] -> Y [B,S,H*Dv].
 
@@ -365,7 +365,7 @@ def multi_head_attention(n: NodeView) -> None:
         _heads_axis(n, 3, 1, h, heads, out=True)
 
 
-@rule("GroupQueryAttention", domain=MS)
+@rule("GroupQueryAttention", domain=MS, state=((3, 1, 2), (4, 2, 2)))
 def group_query_attention(n: NodeView) -> None:
     """Grouped-query attention: query heads are ``Kron(Hkv, G)`` (query head i reads
     kv head i // G), K [.., Hkv*D], V [.., Hkv*Dv], Y [.., Kron(Hkv, G, Dv)].
