@@ -285,10 +285,19 @@ def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, s
     providers = runtime.providers_for(None, None if provider == "auto" else provider)
     server = Server(os.path.join(out, "server", "model.onnx"), providers)
     t0, n = time.perf_counter(), 0
+    generated, shown = [], ""
     for token in client.generate(server, ids, max_new_tokens=max_new_tokens, temperature=temperature,
                                  top_k=top_k, seed=seed, eos_ids=eos_ids):
         n += 1
-        click.echo(tokenizer.decode([token]) if tokenizer else f"{token} ", nl=False)
+        if tokenizer is None:
+            click.echo(f"{token} ", nl=False)
+            continue
+        # decode the whole continuation: word pieces and multi-byte characters join correctly
+        generated.append(token)
+        text = tokenizer.decode(generated)
+        if not text.endswith("\ufffd"):  # wait for the rest of a split character
+            click.echo(text[len(shown):] if text.startswith(shown) else "\n" + text, nl=False)
+            shown = text
     click.echo()
     dt = time.perf_counter() - t0
     click.echo(f"({n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s, server on {server.device})", err=True)

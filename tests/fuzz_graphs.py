@@ -134,10 +134,12 @@ class FuzzGraph:
         out = self.g.node(op, inputs, name=name, **attrs)
         return self._new(out, shape)
 
-    def _w(self, shape, positive: bool = False) -> str:
+    def _w(self, shape, positive: bool = False, scale: float | None = None) -> str:
         name = self._name("w")
         if positive:  # bounded away from 0: divisors, variances
             return self.g.floats(name, self.g.rng.uniform(0.5, 1.5, list(shape)).astype(np.float32))
+        if scale is not None:
+            return self.g.floats(name, (scale * self.g.rng.standard_normal(list(shape))).astype(np.float32))
         if not len(shape):  # a scalar
             return self.g.floats(name, np.array(self.g.rng.standard_normal(), dtype=np.float32))
         return self.g.w(name, list(shape))
@@ -246,8 +248,9 @@ class FuzzGraph:
 
     @_recorded
     def with_weight(self, v: int, op: str, shape, weight_first: bool = False) -> int:
-        """v (op) W for a weight W of ``shape`` (numpy broadcasting; Div: W in [0.5, 1.5])."""
-        w = self._w(shape, positive=(op == "Div"))
+        """v (op) W for a weight W of ``shape`` (numpy broadcasting; Div: W in [0.5, 1.5];
+        Max/Min: W ~ 0.1 N(0, 1), so that the result rarely saturates to a constant)."""
+        w = self._w(shape, positive=(op == "Div"), scale=0.1 if op in ("Max", "Min") else None)
         ins = [w, self.n(v)] if weight_first and op != "Div" else [self.n(v), w]
         return self._node(op, ins, broadcast_shape(self.s(v), shape))
 
@@ -589,6 +592,11 @@ def _axis(draw, rank: int, neg: bool = True) -> int:
     return a
 
 
+def _subset(draw, items, k: int) -> list:
+    """k distinct items, in a drawn order (never rejected, unlike unique lists)."""
+    return list(draw(st.permutations(list(items))))[:k]
+
+
 def _dim(draw, lo=1, hi=8) -> int:
     return draw(st.integers(lo, hi))
 
@@ -836,7 +844,7 @@ def _d_split(draw, f, v):
     axis = draw(st.sampled_from(axes))
     d = s[axis]
     k = draw(st.integers(2, min(3, d)))
-    cuts = sorted(draw(st.lists(st.integers(1, d - 1), min_size=k - 1, max_size=k - 1, unique=True)))
+    cuts = sorted(_subset(draw, range(1, d), k - 1))
     sizes = [b - a for a, b in zip([0] + cuts, cuts + [d])]
     f.split(v, axis, sizes)
 
@@ -930,7 +938,7 @@ def _d_squeeze(draw, f, v):
     s = f.s(v)
     ones = [i for i, d in enumerate(s) if d == 1]
     if ones and draw(st.booleans()):
-        axes = draw(st.lists(st.sampled_from(ones), min_size=1, max_size=len(ones), unique=True))
+        axes = _subset(draw, ones, draw(st.integers(1, len(ones))))
         f.squeeze(v, [a - len(s) if draw(st.booleans()) else a for a in axes])
     elif len(s) < 5:
         r = len(s) + 1
@@ -944,7 +952,7 @@ def _d_reduce(draw, f, v):
     if draw(st.integers(0, 5)) == 0:
         axes = None
     else:
-        axes = draw(st.lists(st.integers(0, len(s) - 1), min_size=1, max_size=len(s), unique=True))
+        axes = _subset(draw, range(len(s)), draw(st.integers(1, len(s))))
         axes = [a - len(s) if draw(st.booleans()) else a for a in axes]
     f.reduce(v, op, axes, keep)
 
@@ -956,7 +964,7 @@ def _d_pad(draw, f, v):
     axes = list(range(r))
     use_axes = f.opset >= 18 and draw(st.booleans())
     if use_axes:
-        axes = draw(st.lists(st.integers(0, r - 1), min_size=1, max_size=r, unique=True))
+        axes = _subset(draw, range(r), draw(st.integers(1, r)))
     pads = []
     for _ in range(2):
         for a in axes:

@@ -190,10 +190,6 @@ def test_text_prompt_generate(text_artifact):
     assert view.decode(want) == plain_tok.decode(want)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in `eeonnx generate --prompt`: it prints tokenizer.decode([token]) one token at a time, so "
-    "WordPiece continuations keep their '##' and lose the spaces (and byte-level BPE splits multi-byte "
-    "characters into U+FFFD); the text differs from decoding the generated ids"))
 def test_cli_text_prompt_prints_the_decoded_text(text_artifact):
     tokenizers = pytest.importorskip("tokenizers")
     plain_tok = tokenizers.Tokenizer.from_file(str(FIXTURES / "bert.tokenizer.json"))
@@ -205,11 +201,6 @@ def test_cli_text_prompt_prints_the_decoded_text(text_artifact):
 
 
 # --------------------------------------------------------------------------- verify on a stateful model
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in eeonnx verify (and compile --verify): the server is run on encode's outputs only, without "
-    "its state inputs (past_key_values.*), so a KV-cache model fails with ORT's 'Required inputs ... are "
-    "missing' traceback even with consistent dims (and with the default dims the random past/total "
-    "lengths disagree and the original model itself fails)"))
 def test_cli_verify_kv_model(artifact):
     out = artifact("llama_kv.ts.onnx")
     res = CliRunner().invoke(cli_main, ["verify", str(FIXTURES / "llama_kv.ts.onnx"), str(out), "--trials", "1",

@@ -174,9 +174,6 @@ def test_rgb_cnn_split_at_by_hand(tmp_path):
     assert _ops(rt.out / "client" / "encode.onnx")[-2:] == ["Conv", "Relu"]
 
 
-@pytest.mark.xfail(strict=True, raises=ClearBoundaryError, reason=(
-    "compiler bug: a hand cut on one side turns auto off on the other; split_at=('in:X',) with "
-    "split='auto' leaves the 10-way logits on the wire and says 'no split helps'"))
 def test_rgb_cnn_split_at_input_side_only(tmp_path):
     rt = roundtrip(rgb_cnn(), tmp_path, full=True, split="auto", split_at=("in:stem_out",))
     assert rt.manifest["server_inputs"] == ["stem_out"]

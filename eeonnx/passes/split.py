@@ -198,7 +198,7 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
                 plan.suffix |= {d for c in v.consumers() for d in g.descendants(g.index[id(c)])}
             else:
                 raise SplitError(f"--split-at {spec}: side must be 'in' or 'out'")
-    elif mode == "auto":
+    if mode == "auto":  # grows from the hand-placed cuts, if any
         while True:
             grow = set()
             for v in weak(g.wire_in(plan.prefix)):

@@ -1,8 +1,10 @@
 """state: find server-side state pairs (a KV cache) from the graph.
 
-A pair is (graph input P, graph output Q) where Q is a Concat along some
-axis of P (reached through value-preserving Identity/Cast) and something
-computed in this call, or the output of a fused op whose rule declares that
+A pair is (graph input P, graph output Q) where Q is a Concat along a
+symbolic (growing) axis of P, P's values are read by nothing else (Shape and
+Size may read its dims), and the Concat also takes
+something computed in this call (reached through value-preserving
+Identity/Cast), or the output of a fused op whose rule declares that
 it extends that input along an axis (``state=`` in the registry, e.g.
 GroupQueryAttention's past/present): the caller feeds Q back as P on the next
 call. The pairing is read from the graph, never from names.
@@ -39,8 +41,9 @@ def _source(value: ir.Value) -> ir.Value:
     return value
 
 
-def _extends(model: ir.Model, value: ir.Value) -> tuple[list, int] | None:
-    """(candidate inputs, axis) when ``value`` is its producer's input extended along an axis."""
+def _extends(model: ir.Model, value: ir.Value) -> tuple[list, int, bool] | None:
+    """(candidate inputs, axis, declared) when ``value`` is its producer's input extended
+    along an axis; ``declared`` when a fused op's rule says so (not merely a Concat)."""
     from eeonnx import rules
     from eeonnx.passes.check import opset_of
 
@@ -48,13 +51,28 @@ def _extends(model: ir.Model, value: ir.Value) -> tuple[list, int] | None:
     if node is None or value.shape is None:
         return None
     if node.op_type == "Concat" and node.domain in ("", "ai.onnx"):
-        return list(node.inputs), int(node.attributes["axis"].value) % len(value.shape)
+        return list(node.inputs), int(node.attributes["axis"].value) % len(value.shape), False
     r = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
     k = list(node.outputs).index(value)
     for i, o, axis in (r.state if r is not None else ()):
         if o == k and i < len(node.inputs) and node.inputs[i] is not None:
-            return [node.inputs[i]], axis
+            return [node.inputs[i]], axis, True
     return None
+
+
+def _only_extended(src: ir.Value, feed: ir.Value) -> bool:
+    """The state input's values reach nothing but the op that extends it."""
+    target = feed.consumers()
+    for c in src.consumers():
+        if c.op_type in ("Shape", "Size"):
+            continue
+        if c.op_type in PASS_THROUGH:
+            if not all(_only_extended(o, feed) for o in c.outputs):
+                return False
+            continue
+        if c not in target:
+            return False
+    return True
 
 
 def find_state(model: ir.Model) -> list[StatePair]:
@@ -64,7 +82,7 @@ def find_state(model: ir.Model) -> list[StatePair]:
         found = _extends(model, _source(out))
         if found is None:
             continue
-        candidates, axis = found
+        candidates, axis, declared = found
         rank = len(out.shape) if out.shape is not None else None
         if rank is None:
             continue
@@ -72,6 +90,10 @@ def find_state(model: ir.Model) -> list[StatePair]:
             src = _source(inp) if inp is not None else None
             if src is not None and id(src) in inputs and src.name not in used:
                 if src.shape is None or len(src.shape) != rank:
+                    continue
+                if not declared and isinstance(src.shape[axis], int):
+                    continue  # a cache grows: its axis is symbolic (a static concat is a DenseNet block)
+                if not _only_extended(src, inp):
                     continue
                 shape = [d if isinstance(d, int) else d.value for d in src.shape]
                 pairs.append(StatePair(src.name, out.name, axis, src.dtype.name.lower(), shape))

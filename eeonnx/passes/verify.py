@@ -21,11 +21,16 @@ NP_TYPES = {
 }
 
 
-def random_feeds(session, dims: dict[str, int] | None, rng: np.random.Generator) -> dict:
+def random_feeds(session, dims: dict[str, int] | None, rng: np.random.Generator,
+                 empty: dict[str, int] | None = None) -> dict:
+    """``empty``: state input -> cache axis, fed with length 0 (a fresh cache)."""
     dims = dims or {}
+    empty = empty or {}
     feeds = {}
     for i in session.get_inputs():
         shape = [d if isinstance(d, int) and d >= 0 else dims.get(str(d), 2) for d in i.shape]
+        if i.name in empty:
+            shape[empty[i.name]] = 0
         dt = NP_TYPES.get(i.type)
         if dt is None:
             raise ValueError(f"input '{i.name}' has type {i.type}, which verify cannot generate")
@@ -60,10 +65,16 @@ def verify(original, out_dir: str, trials: int = 3, dims=None, seed: int = 0, pr
     names = [o.name for o in plain.get_outputs()]
     rng = np.random.default_rng(seed)
     worst = {n: 0.0 for n in names}
+    state = {s["input"]: s["axis"] for s in client.manifest.get("state", [])}
+    state_out = {s["output"] for s in client.manifest.get("state", [])}
+    names = [n for n in names if n not in state_out]  # the cache stays in the server's layout
     for _ in range(trials):
-        feeds = random_feeds(plain, dims, rng)
-        ref = dict(zip(names, plain.run(None, feeds)))
-        got = client.infer(server, {n: feeds[n] for n in client.input_names})
+        # a model with a server-side cache is checked from an empty cache, the first call
+        feeds = random_feeds(plain, dims, rng, empty=state)
+        ref = dict(zip([o.name for o in plain.get_outputs()], plain.run(None, feeds)))
+        served = server.run({**client.encode({n: feeds[n] for n in client.input_names}),
+                             **{n: feeds[n] for n in state}})
+        got = client.decode(served)
         for n in names:
             worst[n] = max(worst[n], rel_err(ref[n], got[n]))
     return worst
