@@ -16,20 +16,10 @@ from onnx import helper
 
 import eeonnx
 from eeonnx.errors import ClearBoundaryError, UnsupportedOpError
-from helpers import (CPU, FLOAT, INT64, G, assert_close, is_secret, pinned_nodes,
+from helpers import (CPU, FLOAT, INT64, G, assert_close, compile_plain, is_secret, pinned_nodes,
                      random_feeds, roundtrip, run_original, sandwich)
 
 C1, C2 = "conv1.w", "conv2.w"
-
-
-def compile_plain(model, out, **kw):
-    """eeonnx.compile with the boundary at the model's inputs/outputs (no client split, no
-    key-bit threshold: these models are tiny), as ``helpers.roundtrip`` compiles."""
-    try:
-        from helpers import compile_plain as plain
-    except ImportError:  # a helpers module without the client split
-        return eeonnx.compile(model, out, **kw)
-    return plain(model, out, **kw)
 
 
 def pins_of(comp, node):

@@ -17,20 +17,10 @@ from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
 
 import eeonnx
-from helpers import G, assert_close, classes_of, is_secret, roundtrip
+from helpers import G, assert_close, classes_of, compile_plain, is_secret, roundtrip
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 T, B, I, F, HID = 4, 2, 5, 6, 8  # sequence, batch, input, features into the layer, hidden
-
-
-def compile_plain(model, out, **kw):
-    """eeonnx.compile with the boundary at the model's inputs/outputs (no client split, no
-    key-bit threshold: these models are tiny), as ``helpers.roundtrip`` compiles."""
-    try:
-        from helpers import compile_plain as plain
-    except ImportError:  # a helpers module without the client split
-        return eeonnx.compile(model, out, **kw)
-    return plain(model, out, **kw)
 
 
 def rnn_model(op: str, direction: str = "forward", *, opset: int = 14, layout: int = 0,

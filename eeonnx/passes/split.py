@@ -126,28 +126,23 @@ class _Graph:
         self.state_in = {s.input for s in comp.state}
         self.state_out = {s.output for s in comp.state}
 
-    def ancestors(self, i: int) -> set[int]:
+    def _closure(self, i: int, step) -> set[int]:
         seen, stack = set(), [i]
         while stack:
             k = stack.pop()
-            if k in seen:
-                continue
-            seen.add(k)
-            for v in self.nodes[k].inputs:
-                if v is not None and v.producer() is not None:
-                    stack.append(self.index[id(v.producer())])
+            if k not in seen:
+                seen.add(k)
+                stack.extend(self.index[id(n)] for n in step(self.nodes[k]))
         return seen
 
+    def ancestors(self, i: int) -> set[int]:
+        """Node i and every node it depends on."""
+        return self._closure(i, lambda n: [v.producer() for v in n.inputs
+                                           if v is not None and v.producer() is not None])
+
     def descendants(self, i: int) -> set[int]:
-        seen, stack = set(), [i]
-        while stack:
-            k = stack.pop()
-            if k in seen:
-                continue
-            seen.add(k)
-            for o in self.nodes[k].outputs:
-                stack.extend(self.index[id(c)] for c in o.consumers())
-        return seen
+        """Node i and every node that depends on it."""
+        return self._closure(i, lambda n: [c for o in n.outputs for c in o.consumers()])
 
     def wire_in(self, prefix: set[int]) -> list[ir.Value]:
         """Server inputs: graph inputs consumed on the server, then prefix outputs it needs."""

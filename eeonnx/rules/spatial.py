@@ -101,7 +101,8 @@ def pad(n: NodeView) -> None:
     pads = n.ints("pads", 1)
     if pads is None:
         pads = n.ints("paddings")
-    axes = n.ints("__none__", 3) if n.has(3) else None
+    axes_const = n.const(3)
+    axes = None if axes_const is None else [int(a) for a in axes_const.reshape(-1)]
     r = len(x)
     if pads is None or (n.has(3) and axes is None):
         for a, b in zip(x, y):
