@@ -123,17 +123,21 @@ class Client:
         return self.decode(server.run(self.encode(inputs)))
 
     # -- generation -------------------------------------------------------------
-    def token_io(self) -> tuple[str, str, int]:
-        """(token-id input, logits output, vocabulary size), read from the manifest:
-        the input whose values index a table, the output whose last axis has its size."""
+    def token_input(self) -> tuple[str, int]:
+        """(token-id input, vocabulary size): the input whose values index a permuted table."""
         ids = [c for c in self.manifest["inputs"] if "value_size" in c]
         if not ids:
             raise ValueError("this model has no token-id input (no input indexes a permuted table)")
-        vocab = ids[0]["value_size"]
+        return ids[0]["name"], ids[0]["value_size"]
+
+    def token_io(self) -> tuple[str, str, int]:
+        """(token-id input, logits output, vocabulary size), read from the manifest:
+        the input whose values index a table, the output whose last axis has its size."""
+        name, vocab = self.token_input()
         logits = [c["name"] for c in self.manifest["outputs"] if c["shape"] and c["shape"][-1] == vocab]
         if not logits:
             raise ValueError(f"no output has a last axis of the vocabulary size {vocab}")
-        return ids[0]["name"], logits[0], vocab
+        return name, logits[0], vocab
 
     def input_dtypes(self) -> dict:
         from eeonnx.passes.verify import NP_TYPES
@@ -145,7 +149,7 @@ class Client:
         import onnx
         from onnx import numpy_helper
 
-        token_input = self.token_io()[0]
+        token_input = self.token_input()[0]
         k = self.input_names.index(token_input)
         enc = onnx.load(os.path.join(self.out_dir, "client", "encode.onnx"))
         for t in enc.graph.initializer:

@@ -116,6 +116,7 @@ class FuzzGraph:
         self.calls: list = []
         self._depth = 0
         self._k = 0
+        self.weights: dict[str, tuple] = {}  # float weights by name, for sharing
 
     # -- plumbing ------------------------------------------------------------------
     def _name(self, stem: str) -> str:
@@ -136,6 +137,7 @@ class FuzzGraph:
 
     def _w(self, shape, positive: bool = False, scale: float | None = None) -> str:
         name = self._name("w")
+        self.weights[name] = tuple(shape)
         if positive:  # bounded away from 0: divisors, variances
             return self.g.floats(name, self.g.rng.uniform(0.5, 1.5, list(shape)).astype(np.float32))
         if scale is not None:
@@ -328,6 +330,15 @@ class FuzzGraph:
         else:
             out = list(broadcast_shape(a[:-2], batch)) + [a[-2], n]
         return self._node("MatMul", [self.n(v), self._w(wshape)], out)
+
+    @_recorded
+    def shared_matmul(self, v: int, w: str, trans: int = 0) -> int:
+        """v @ W (trans=0) or Gemm(v, W, transB=1) with an existing weight W."""
+        shp = self.weights[w]
+        s = self.s(v)
+        if trans:
+            return self._node("Gemm", [self.n(v), w], [s[0], shp[0]], transB=1)
+        return self._node("MatMul", [self.n(v), w], list(s[:-1]) + [shp[1]])
 
     @_recorded
     def matmul(self, a: int, b: int) -> int:
@@ -601,13 +612,20 @@ def _dim(draw, lo=1, hi=8) -> int:
     return draw(st.integers(lo, hi))
 
 
-def _weight_shape(draw, shape) -> list[int]:
-    """A shape that broadcasts onto ``shape``: a suffix of its axes, some set to 1."""
+def _weight_shape(draw, shape, strong: bool = False) -> list[int]:
+    """A shape that broadcasts onto ``shape``: a suffix of its axes, some set to 1.
+    ``strong``: at least one axis of size > 1 is kept whole (when there is one)."""
     r = len(shape)
     keep = draw(st.integers(0, r))
     out = []
     for d in shape[r - keep:]:
         out.append(d if draw(st.integers(0, 2)) else 1)
+    if strong and all(d == 1 for d in out):
+        big = [i for i, d in enumerate(shape) if d > 1]
+        if big:
+            i = draw(st.sampled_from(big))
+            out = [1] * (r - i - 1)
+            out = [shape[i]] + out
     return out
 
 
@@ -674,10 +692,10 @@ def _d_variadic(draw, f, v):
     f.variadic([v] + others, draw(st.sampled_from(VARIADIC)))
 
 
-def _d_weight(draw, f, v):
+def _d_weight(draw, f, v, strong: bool = False):
     s = f.s(v)
     op = draw(st.sampled_from(WEIGHT_BINARY))
-    wshape = _weight_shape(draw, s)
+    wshape = _weight_shape(draw, s, strong)
     # sometimes a weight with more axes or bigger than v: v broadcasts onto it
     if draw(st.integers(0, 4)) == 0:
         extra = [draw(st.integers(1, 4))]
@@ -689,9 +707,9 @@ def _d_weight(draw, f, v):
     f.with_weight(v, op, wshape, weight_first=draw(st.booleans()))
 
 
-def _d_prelu(draw, f, v):
+def _d_prelu(draw, f, v, strong: bool = False):
     s = f.s(v)
-    f.prelu(v, _weight_shape(draw, s))
+    f.prelu(v, _weight_shape(draw, s, strong))
 
 
 def _d_batchnorm(draw, f, v):
@@ -881,19 +899,29 @@ def _factorizations(n: int, parts: int) -> list[list[int]]:
     return out
 
 
+def _reshape_kinds(s) -> list[str]:
+    kinds = ["any", "like", "flatten"]
+    if len(s) >= 2:
+        kinds += ["merge", "merge"]
+        if len(divisors(s[1])) > 2:
+            kinds += ["shuffle"]
+    if any(len(divisors(d)) > 2 for d in s):
+        kinds += ["split", "split"]
+    return kinds
+
+
 def _d_reshape(draw, f, v):
     s = list(f.s(v))
-    kind = draw(st.sampled_from(["merge", "split", "any", "like", "flatten", "shuffle"]))
+    kind = draw(st.sampled_from(_reshape_kinds(s)))
     target = None
-    if kind == "merge" and len(s) >= 2:
+    if kind == "merge":
         i = draw(st.integers(0, len(s) - 2))
         target = s[:i] + [s[i] * s[i + 1]] + s[i + 2:]
     elif kind == "split":
         axes = [i for i, d in enumerate(s) if len(divisors(d)) > 2]
-        if axes:
-            i = draw(st.sampled_from(axes))
-            a = draw(st.sampled_from(divisors(s[i])[1:-1]))
-            target = s[:i] + [a, s[i] // a] + s[i + 1:]
+        i = draw(st.sampled_from(axes))
+        a = draw(st.sampled_from(divisors(s[i])[1:-1]))
+        target = s[:i] + [a, s[i] // a] + s[i + 1:]
     elif kind == "any":
         rank = draw(st.integers(1, 5))
         options = _factorizations(numel(s), rank)
@@ -907,10 +935,8 @@ def _d_reshape(draw, f, v):
     elif kind == "flatten":
         f.flatten(v, draw(st.integers(0, len(s))))
         return
-    elif kind == "shuffle" and len(s) >= 2:
-        gs = divisors(s[1])[1:-1]
-        if gs:
-            f.channel_shuffle(v, draw(st.sampled_from(gs)))
+    elif kind == "shuffle":
+        f.channel_shuffle(v, draw(st.sampled_from(divisors(s[1])[1:-1])))
         return
     if target is None or not fits(target):
         return
@@ -1066,47 +1092,151 @@ def _spatial(f, s):
     return len(s) in (3, 4)
 
 
-OPS = [
-    # weighted ops appear more than once: they anchor secret classes
-    ("conv", _spatial, _d_conv),
-    ("weight", _ok_rank(0), _d_weight),
-    ("unary", _ok_rank(0), _d_unary),
-    ("matmul_w", _ok_rank(1), _d_matmul_w),
-    ("gemm", _ok_rank(2, 2), _d_gemm),
-    ("conv", _spatial, _d_conv),
-    ("binary", _ok_rank(0), _d_binary),
-    ("concat", _ok_rank(1), _d_concat),
-    ("split", lambda f, s: any(d >= 2 for d in s), _d_split),
-    ("slice", lambda f, s: any(d >= 2 for d in s), _d_slice),
-    ("reshape", _ok_rank(1), _d_reshape),
-    ("transpose", _ok_rank(2), _d_transpose),
-    ("reduce", _ok_rank(1), _d_reduce),
-    ("softmax", _ok_rank(1), _d_softmax),
-    ("pad", _ok_rank(1), _d_pad),
-    ("pool", _spatial, _d_pool),
-    ("matmul_w", _ok_rank(1), _d_matmul_w),
-    ("weight", _ok_rank(0), _d_weight),
-    ("clip", _ok_rank(0), _d_clip),
-    ("misc_unary", _ok_rank(0), _d_misc_unary),
-    ("variadic", _ok_rank(0), _d_variadic),
-    ("prelu", _ok_rank(1), _d_prelu),
-    ("batchnorm", _ok_rank(2), _d_batchnorm),
-    ("instancenorm", _ok_rank(3), _d_instancenorm),
-    ("layernorm", lambda f, s: f.opset >= 17 and len(s) >= 1, _d_layernorm),
-    ("lrn", _ok_rank(4, 4), _d_lrn),
-    ("conv_transpose", _spatial, _d_conv_transpose),
-    ("matmul", _ok_rank(1), _d_matmul),
-    ("einsum", _ok_rank(1), _d_einsum),
-    ("flatten", _ok_rank(1), _d_flatten),
-    ("squeeze", _ok_rank(0), _d_squeeze),
-    ("d2s", _ok_rank(4, 4), _d_d2s),
-    ("tile", _ok_rank(1), _d_tile),
-    ("expand", _ok_rank(0), _d_expand),
-    ("gather", _ok_rank(1), _d_gather),
-    ("cumsum", _ok_rank(1), _d_cumsum),
-    ("trilu", lambda f, s: f.opset >= 14 and len(s) >= 2, _d_trilu),
-    ("resize", _spatial, _d_resize),
+# -- motifs: small subgraphs of real architectures, made of the calls above -------------
+def _d_attention(draw, f, v):
+    """Multi-head self-attention on [N, T, F]: projections, heads split by Reshape and
+    Transpose, q k^T, Softmax, weighted sum, heads merged, output projection."""
+    n, t, _ = f.s(v)
+    h, d = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    q, k, val = (f.matmul_w(v, h * d) for _ in range(3))
+    heads = []
+    for x in (q, k, val):
+        x = f.reshape(x, [0, 0, h, d] if draw(st.booleans()) else [n, t, h, -1])
+        heads.append(f.transpose(x, [0, 2, 1, 3]))
+    q, k, val = heads
+    kt = f.transpose(k, [0, 1, 3, 2])
+    scores = f.softmax(f.matmul(q, kt), -1)
+    y = f.transpose(f.matmul(scores, val), [0, 2, 1, 3])
+    y = f.reshape(y, [n, t, h * d] if draw(st.booleans()) else [0, 0, -1])
+    if draw(st.booleans()):
+        y = f.binary(y, v, "Add") if f.s(v)[-1] == h * d else y
+    f.matmul_w(y, draw(st.integers(1, 8)))
+
+
+def _d_shuffle_unit(draw, f, v):
+    """ShuffleNet: split channels, a conv on one part, concat, channel shuffle."""
+    c = f.s(v)[1]
+    cut = draw(st.integers(1, c - 1))
+    a, b = f.split(v, 1, [cut, c - cut])
+    b = f.conv(b, draw(st.integers(1, 8)), k=1, group=1)
+    if draw(st.booleans()):
+        b = f.unary(b, "Relu")
+    y = f.concat([a, b] if draw(st.booleans()) else [b, a], 1)
+    groups = divisors(f.s(y)[1])[1:-1]
+    if groups:
+        f.channel_shuffle(y, draw(st.sampled_from(groups)))
+
+
+def _d_cat_group(draw, f, v):
+    """Two branches concatenated on channels, then a grouped conv whose group
+    boundaries may or may not fall on the concat boundary."""
+    c = f.s(v)[1]
+    a = f.conv(v, draw(st.integers(1, 6)), k=1)
+    b = f.conv(v, draw(st.integers(1, 6)), k=1) if draw(st.booleans()) else v
+    y = f.concat([a, b], 1)
+    total = f.s(y)[1]
+    group = draw(st.sampled_from(divisors(total)))
+    cout = group * draw(st.integers(1, max(1, 8 // group)))
+    if c and fits([f.s(y)[0], cout] + list(f.s(y)[2:])):
+        f.conv(y, cout, k=1, group=group)
+
+
+def _d_cat_regroup(draw, f, v):
+    """Concat along an axis, then split that axis into (outer, inner) by a Reshape:
+    Cat against Kron (block sizes a multiple of the inner size, or not)."""
+    s = list(f.s(v))
+    axis = draw(st.integers(0, len(s) - 1))
+    extra = _dim(draw, 1, 6)
+    y = f.concat_weight(v, axis, extra, first=draw(st.booleans())) if draw(st.booleans()) else None
+    if y is None:
+        shape = list(s)
+        shape[axis] = extra
+        other = [u for u in range(len(f.shapes)) if list(f.s(u)) == shape]
+        y = f.concat([v, other[-1]], axis) if other else f.concat([v, v], axis)
+    size = f.s(y)[axis]
+    inner = [d for d in divisors(size) if 1 < d < size]
+    if not inner:
+        return
+    d = draw(st.sampled_from(inner))
+    ys = list(f.s(y))
+    z = f.reshape(y, ys[:axis] + [size // d, d] + ys[axis + 1:])
+    if draw(st.booleans()):
+        perm = list(range(len(ys) + 1))
+        perm[axis], perm[axis + 1] = perm[axis + 1], perm[axis]
+        z = f.transpose(z, perm)
+        z = f.reshape(z, ys)
+    _apply_anchor(draw, f, z)
+
+
+def _apply_anchor(draw, f, v):
+    options = [o for o in _anchor_table() if o[1](f, f.s(v))]
+    if options:
+        _, _, apply = draw(st.sampled_from(options))
+        apply(draw, f, v)
+
+
+@functools.lru_cache(maxsize=1)
+def _anchor_table():
+    return [(name, ok, functools.partial(apply, strong=True) if name in ("weight", "prelu") else apply)
+            for name, _, ok, apply in _OPS if name in ANCHORS]
+
+
+def _d_shared(draw, f, v):
+    """A weight used a second time (tied weights): MatMul with it, Gemm with it transposed."""
+    k = f.s(v)[-1]
+    cands = [(n, t) for n, shp in f.weights.items() if len(shp) == 2 for t in (0, 1) if shp[t] == k]
+    if not cands:
+        return
+    name, t = draw(st.sampled_from(cands))
+    if t == 1 and len(f.s(v)) != 2:
+        return
+    f.shared_matmul(v, name, trans=t)
+
+
+_OPS = [  # (name, weight, applicable(f, shape), draw-and-apply(draw, f, v))
+    # weighted ops anchor secret classes; shape ops are where layouts get interesting
+    ("conv", 4, _spatial, _d_conv),
+    ("weight", 3, _ok_rank(0), _d_weight),
+    ("unary", 2, _ok_rank(0), _d_unary),
+    ("matmul_w", 3, _ok_rank(1), _d_matmul_w),
+    ("gemm", 1, _ok_rank(2, 2), _d_gemm),
+    ("binary", 3, _ok_rank(0), _d_binary),
+    ("concat", 3, _ok_rank(1), _d_concat),
+    ("split", 3, lambda f, s: any(d >= 2 for d in s), _d_split),
+    ("slice", 3, lambda f, s: any(d >= 2 for d in s), _d_slice),
+    ("reshape", 4, _ok_rank(1), _d_reshape),
+    ("transpose", 2, _ok_rank(2), _d_transpose),
+    ("reduce", 2, _ok_rank(1), _d_reduce),
+    ("softmax", 1, _ok_rank(1), _d_softmax),
+    ("pad", 1, _ok_rank(1), _d_pad),
+    ("pool", 2, _spatial, _d_pool),
+    ("clip", 1, _ok_rank(0), _d_clip),
+    ("misc_unary", 1, _ok_rank(0), _d_misc_unary),
+    ("variadic", 1, _ok_rank(0), _d_variadic),
+    ("prelu", 1, _ok_rank(1), _d_prelu),
+    ("batchnorm", 1, _ok_rank(2), _d_batchnorm),
+    ("instancenorm", 1, _ok_rank(3), _d_instancenorm),
+    ("layernorm", 1, lambda f, s: f.opset >= 17 and len(s) >= 1, _d_layernorm),
+    ("lrn", 1, _ok_rank(4, 4), _d_lrn),
+    ("conv_transpose", 1, _spatial, _d_conv_transpose),
+    ("matmul", 2, _ok_rank(1), _d_matmul),
+    ("einsum", 1, _ok_rank(1), _d_einsum),
+    ("flatten", 1, _ok_rank(1), _d_flatten),
+    ("squeeze", 1, _ok_rank(0), _d_squeeze),
+    ("d2s", 1, _ok_rank(4, 4), _d_d2s),
+    ("tile", 1, _ok_rank(1), _d_tile),
+    ("expand", 1, _ok_rank(0), _d_expand),
+    ("gather", 1, _ok_rank(1), _d_gather),
+    ("cumsum", 1, _ok_rank(1), _d_cumsum),
+    ("trilu", 1, lambda f, s: f.opset >= 14 and len(s) >= 2, _d_trilu),
+    ("resize", 1, _spatial, _d_resize),
+    ("attention", 1, lambda f, s: len(s) == 3, _d_attention),
+    ("shuffle_unit", 1, lambda f, s: len(s) in (3, 4) and s[1] >= 2, _d_shuffle_unit),
+    ("cat_group", 1, _spatial, _d_cat_group),
+    ("cat_regroup", 2, _ok_rank(1), _d_cat_regroup),
+    ("shared", 1, _ok_rank(1), _d_shared),
 ]
+OPS = [(name, ok, apply) for name, weight, ok, apply in _OPS for _ in range(weight)]
 OP_NAMES = sorted({name for name, _, _ in OPS})
 
 
@@ -1188,7 +1318,7 @@ def graphs(draw, max_steps: int = 6, ops=None, two_inputs: bool = True):
     earlier values (recent ones more likely), usually a weighted op at the end.
     ``ops``: restrict the body to these op names (see ``OP_NAMES``)."""
     table = [o for o in OPS if ops is None or o[0] in ops]
-    anchors = [o for o in OPS if o[0] in ANCHORS]
+    anchors = _anchor_table()
     f = FuzzGraph(opset=draw(st.sampled_from(OPSETS)), seed=draw(st.integers(0, 3)))
     f.input(draw(input_shapes()))
     if _often(draw):
