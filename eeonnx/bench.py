@@ -64,7 +64,7 @@ def bench_model(model: str, out: str, *, provider: str = "cpu", iters: int = 50,
 
 
 def bench_generate(model: str, out: str, *, prompt_len: int = 16, new_tokens: int = 32,
-                   provider: str = "cpu", repeats: int = 3) -> dict:
+                   provider: str = "cpu", repeats: int = 5) -> dict:
     """Tokens/s of prefill and decode, plain (original model, same KV loop) vs encrypted."""
     from eeonnx.api import Client, Server
     from eeonnx.generate import generate
@@ -94,21 +94,23 @@ def bench_generate(model: str, out: str, *, prompt_len: int = 16, new_tokens: in
         def decode(self, outs):
             return outs
 
-    results = {}
-    for label, srv, cl in (("plain", Server(model, providers), Identity(client)),
-                           ("encrypted", Server(os.path.join(out, "server", "model.onnx"), providers), client)):
-        prefill, decode = [], []
+    runs = {"plain": (Server(model, providers), Identity(client)),
+            "encrypted": (Server(os.path.join(out, "server", "model.onnx"), providers), client)}
+    times = {label: {"prefill": [], "decode": []} for label in runs}
+    for srv, cl in runs.values():
         for _ in generate(cl, srv, prompt, max_new_tokens=new_tokens):
             pass  # warm-up: first runs at new shapes allocate
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+    for _ in range(repeats):  # interleaved, so that drift hits both alike
+        for label, (srv, cl) in runs.items():
+            t = time.perf_counter()
             stamps = []
             for _tok in generate(cl, srv, prompt, max_new_tokens=new_tokens):
                 stamps.append(time.perf_counter())
-            prefill.append(stamps[0] - t0)
-            decode.append((stamps[-1] - stamps[0]) / max(1, len(stamps) - 1))
-        results[label] = {"prefill_tokens_per_s": prompt_len / float(np.median(prefill)),
-                          "decode_tokens_per_s": 1.0 / float(np.median(decode))}
+            times[label]["prefill"].append(stamps[0] - t)
+            times[label]["decode"] += list(np.diff(stamps))
+    results = {label: {"prefill_tokens_per_s": prompt_len / float(np.median(t["prefill"])),
+                       "decode_tokens_per_s": 1.0 / float(np.median(t["decode"]))}
+               for label, t in times.items()}
     results["ratio_decode"] = results["encrypted"]["decode_tokens_per_s"] / results["plain"]["decode_tokens_per_s"]
     results["ratio_prefill"] = results["encrypted"]["prefill_tokens_per_s"] / results["plain"]["prefill_tokens_per_s"]
     results["provider"] = providers[0]
