@@ -44,7 +44,11 @@ class NormalizePass(ir.passes.InPlacePass):
         common.InlinePass()(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         _fix_dims(model, self.dims)
+        common.TopologicalSortPass()(model)
         for _ in range(2):
+            # shapes first, so that Shape -> Gather -> Div chains over static dims fold
+            # even when another dim (batch) is symbolic
+            infer_shapes(model)
             optimizer.fold_constants(model, onnx_shape_inference=True)
             common.RemoveUnusedNodesPass()(model)
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
@@ -134,8 +138,20 @@ def infer_shapes(model: ir.Model) -> None:
             if len(o.shape) != len(dims):
                 continue  # the two disagree on the rank: trust neither more, keep ONNX's
             # per dim: ONNX's static and named dims win; ORT fills in what ONNX left unknown
-            merged = [d if not _is_unknown_dim(d) or _invented(s) else s for d, s in zip(o.shape, dims)]
+            merged = [d if not _is_unknown_dim(d) or _invented(s) or _untrusted(node, o, k) else s
+                      for k, (d, s) in enumerate(zip(o.shape, dims))]
             o.shape = ir.Shape(merged)
+
+
+def _untrusted(node: ir.Node, out: ir.Value, axis: int) -> bool:
+    """onnxruntime's tool sizes slices of a symbolic axis as if the axis were long
+    enough (and gets negative steps wrong); the analysis reads static sizes (a
+    size-1 dim means broadcasting), so such a guess could mislead it: keep the
+    dim unknown instead."""
+    if node.op_type != "Slice" or out is not node.outputs[0]:
+        return False
+    x = node.inputs[0]
+    return x is None or x.shape is None or axis >= len(x.shape) or not isinstance(x.shape[axis], int)
 
 
 def _invented(d) -> bool:
