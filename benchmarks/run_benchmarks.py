@@ -87,16 +87,20 @@ def main() -> int:
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+    ap.add_argument("--extra", nargs="*", default=[], metavar="MODEL.onnx",
+                    help="More models to include (e.g. exports made by models/export_*.py).")
     a = ap.parse_args()
     rows, gen_rows = [], []
     with tempfile.TemporaryDirectory(prefix="eeonnx-bench-") as tmp:
         mid = os.path.join(tmp, "midsize_cnn.onnx")
         midsize_cnn(mid)
         models = [os.path.join(ROOT, "models", "mlp.onnx"), os.path.join(ROOT, "models", "cnn.onnx"), mid]
-        models += sorted(glob.glob(os.path.join(ROOT, "models", "fixtures", "*.onnx")))
-        for path in models:
+        models += sorted(glob.glob(os.path.join(ROOT, "models", "fixtures", "*.onnx"))) + list(a.extra)
+        for k, path in enumerate(models):
             name = os.path.basename(path)
-            out = os.path.join(tmp, name + ".out")
+            if path in a.extra:
+                name = f"{name} ({os.path.getsize(path) / 1e6:.0f} MB)"
+            out = os.path.join(tmp, f"{k}.out")
             try:
                 comp = eeonnx.compile(path, out)
             except eeonnx.errors.EEError as e:
