@@ -6,22 +6,36 @@ Two halves:
   method adds one op (or one small fixed pattern such as a channel shuffle),
   computes the output shape itself and records the call, so that any graph can
   be printed as the Python code that rebuilds it exactly (:meth:`FuzzGraph.code`;
-  weights come from a seeded generator, in call order). Regression tests are
-  written in that form.
+  weights come from a seeded generator, in call order). A fuzz failure prints
+  its graph in that form.
 - :func:`graphs`, a hypothesis strategy that draws FuzzGraph call sequences that
   are valid by construction: every op is offered only for shapes it accepts, and
   every parameter is drawn from the values that keep the graph valid and small
-  (each tensor at most ``MAX_NUMEL`` elements, each dim at most ``MAX_DIM``).
+  (each tensor at most ``MAX_NUMEL`` elements, new dims at most ``MAX_DIM``).
   Every drawn graph is then checked (:func:`validate`: ``onnx.checker`` with full
   shape inference, and one onnxruntime run whose shapes, for *every* value, must
   equal the tracked ones); a graph that fails that is a bug of this generator and
   raises :class:`GeneratorBug` instead of being filtered away.
 
+What a draw covers: opsets 11, 12, 13, 17, 18 (attribute and input forms of axes,
+splits, reductions); static shapes, or a symbolic batch dim 'N' on the first input;
+weights as initializers or as Constant nodes; a second float input or a boolean mask
+input meeting the first; token-id inputs (embeddings, Gather of activations) and
+ArgMax/TopK results as integer values; Conv/ConvTranspose (groups, depthwise,
+strides, dilations, pads, auto_pad), Gemm, MatMul and Einsum with weights or between
+activations, tied weights, elementwise unaries/binaries with broadcasting,
+normalisations, reductions, Softmax, Pad, pools, Resize, Concat/Split/Slice,
+Reshape (merges, splits, regroupings, 0/-1, from a Shape), Transpose, channel
+shuffles, DepthToSpace/SpaceToDepth, Tile/Expand, Gather/GatherElements with
+constant indices, Where, CumSum, Trilu, LRN; and motifs of real models (multi-head
+attention, ShuffleNet units, concat + grouped conv, concat + regroup, pixel shuffle).
+
 Numerics: the fuzz test compares outputs relative to their largest value, so the
 generator keeps to ops that are continuous in their inputs (a permuted summation
 order moves results by ~1e-7, which must not flip a Floor, a Sign or a
 comparison into a different branch), divides only by values bounded away from
-zero, and leaves out Log/Pow/Reciprocal of computed values.
+zero, raises only to whole powers, and leaves out Log/Sqrt/Reciprocal of computed
+values.
 """
 from __future__ import annotations
 
@@ -34,11 +48,11 @@ import onnxruntime as ort
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from helpers import CPU, FLOAT, INT64, G, random_feeds
+from helpers import BOOL, CPU, FLOAT, INT64, G, _ir_for, random_feeds
 
 MAX_DIM = 16
 MAX_NUMEL = 4 * 16 * 6 * 6
-OPSETS = (13, 17, 18)
+OPSETS = (11, 12, 13, 17, 18)
 
 # continuous elementwise unaries (Floor/Ceil/Round/Sign/Shrink/ThresholdedRelu jump,
 # Log/Sqrt/Reciprocal blow up near 0: left out on purpose), with the opset they need
@@ -105,9 +119,12 @@ class FuzzGraph:
     ids) of what it adds. ``build()`` gives the ONNX model; ``code()`` the calls.
     """
 
-    def __init__(self, opset: int = 17, seed: int = 0):
+    def __init__(self, opset: int = 17, seed: int = 0, const_nodes: bool = False):
+        """``const_nodes``: float weights are Constant nodes, not initializers (as some
+        exporters write them; normalize lifts them)."""
         self.opset = opset
         self.seed = seed
+        self.const_nodes = const_nodes
         self.g = G(opset=opset, seed=seed, check=False)
         self.shapes: list[tuple[int, ...]] = []
         self.names: list[str] = []
@@ -117,34 +134,56 @@ class FuzzGraph:
         self._depth = 0
         self._k = 0
         self.weights: dict[str, tuple] = {}  # float weights by name, for sharing
+        self.dtypes: list[int] = []  # FLOAT or INT64 per value
+        self.vocab: dict[int, int] = {}  # integer values: their values lie in [0, vocab)
+        self.symbolic = False  # some input has a symbolic batch dim: outputs are declared without shapes
+        self._ids: dict[str, int] = {}
 
     # -- plumbing ------------------------------------------------------------------
     def _name(self, stem: str) -> str:
         self._k += 1
         return f"{stem}{self._k}"
 
-    def _new(self, name: str, shape, is_input: bool = False) -> int:
+    def _new(self, name: str, shape, is_input: bool = False, dtype: int = FLOAT) -> int:
         shape = tuple(int(d) for d in shape)
         self.shapes.append(shape)
         self.names.append(name)
         self.is_input.append(is_input)
+        self.dtypes.append(dtype)
+        self._ids[name] = len(self.shapes) - 1
         return len(self.shapes) - 1
 
-    def _node(self, op: str, inputs, shape, **attrs) -> int:
+    def _node(self, op: str, inputs, shape, dtype: int | None = None, **attrs) -> int:
+        """Add a node; its output has the dtype of its first value input (shape ops on
+        integer ids stay integer, with their range), or ``dtype``."""
         name = self._name(op.lower())
         out = self.g.node(op, inputs, name=name, **attrs)
-        return self._new(out, shape)
+        srcs = [self._ids[i] for i in inputs if i in self._ids]
+        if dtype is None:
+            dtype = self.dtypes[self._ids[inputs[0]]] if inputs[0] in self._ids else FLOAT
+        v = self._new(out, shape, dtype=dtype)
+        if dtype == INT64 and any(u in self.vocab for u in srcs):
+            self.vocab[v] = max(self.vocab.get(u, 0) for u in srcs)
+        return v
+
+    def is_float(self, v: int) -> bool:
+        return self.dtypes[v] == FLOAT
 
     def _w(self, shape, positive: bool = False, scale: float | None = None) -> str:
         name = self._name("w")
         self.weights[name] = tuple(shape)
         if positive:  # bounded away from 0: divisors, variances
-            return self.g.floats(name, self.g.rng.uniform(0.5, 1.5, list(shape)).astype(np.float32))
-        if scale is not None:
-            return self.g.floats(name, (scale * self.g.rng.standard_normal(list(shape))).astype(np.float32))
-        if not len(shape):  # a scalar
-            return self.g.floats(name, np.array(self.g.rng.standard_normal(), dtype=np.float32))
-        return self.g.w(name, list(shape))
+            self.g.floats(name, self.g.rng.uniform(0.5, 1.5, list(shape)).astype(np.float32))
+        elif scale is not None:
+            self.g.floats(name, (scale * self.g.rng.standard_normal(list(shape))).astype(np.float32))
+        elif not len(shape):  # a scalar
+            self.g.floats(name, np.array(self.g.rng.standard_normal(), dtype=np.float32))
+        else:
+            self.g.w(name, list(shape))
+        if self.const_nodes:
+            t = self.g.inits.pop()
+            self.g.nodes.append(helper.make_node("Constant", [], [name], name=f"const_{name}", value=t))
+        return name
 
     def _ints(self, values) -> str:
         return self.g.ints(self._name("c"), list(values))
@@ -163,10 +202,61 @@ class FuzzGraph:
 
     # -- graph I/O -------------------------------------------------------------------
     @_recorded
-    def input(self, shape) -> int:
+    def input(self, shape, symbolic: bool = False) -> int:
+        """A float input; ``symbolic``: its first dim is declared as 'N' (fed with 2)."""
         name = f"x{sum(self.is_input)}"
-        self.g.input(name, list(shape))
+        if symbolic:
+            assert shape[0] == 2, "a symbolic batch dim is run with size 2 (helpers.random_feeds)"
+            self.symbolic = True
+        self.g.input(name, (["N"] if symbolic else [shape[0]]) + list(shape[1:]) if shape else [])
         return self._new(name, shape, is_input=True)
+
+    @_recorded
+    def ids(self, shape, vocab: int) -> int:
+        """An int64 input of token ids in [0, vocab) (helpers.random_feeds draws 0..2)."""
+        assert vocab >= 3
+        name = f"ids{sum(self.is_input)}"
+        self.g.input(name, list(shape), INT64)
+        v = self._new(name, shape, is_input=True, dtype=INT64)
+        self.vocab[v] = vocab
+        return v
+
+    @_recorded
+    def mask(self, shape) -> int:
+        """A boolean input (helpers.random_feeds: fair coins)."""
+        name = f"m{sum(self.is_input)}"
+        self.g.input(name, list(shape), BOOL)
+        return self._new(name, shape, is_input=True, dtype=BOOL)
+
+    @_recorded
+    def where_mask(self, m: int, v: int, weight_shape) -> int:
+        """Where(mask, v, W) for a boolean input ``m`` and a weight W."""
+        w = self._w(weight_shape)
+        return self._node("Where", [self.n(m), self.n(v), w],
+                          broadcast_shape(self.s(m), self.s(v), weight_shape), dtype=FLOAT)
+
+    @_recorded
+    def gather_act(self, v: int, u: int, axis: int) -> int:
+        """Gather(v, u, axis): integer value u picks positions of an activation axis."""
+        s = list(self.s(v))
+        a = axis % len(s)
+        return self._node("Gather", [self.n(v), self.n(u)], s[:a] + list(self.s(u)) + s[a + 1:], axis=axis)
+
+    @_recorded
+    def embed(self, v: int, dim: int) -> int:
+        """Gather(W[vocab, dim], ids): an embedding table indexed by integer value v."""
+        rows = self.vocab[v]
+        w = self._w([rows, dim])
+        return self._node("Gather", [w, self.n(v)], list(self.s(v)) + [dim], axis=0)
+
+    @_recorded
+    def argmax(self, v: int, axis: int, keepdims: int = 1, op: str = "ArgMax") -> int:
+        s = list(self.s(v))
+        a = axis % len(s)
+        out = s[:a] + ([1] if keepdims else []) + s[a + 1:]
+        r = self._node(op, [self.n(v)], out, dtype=INT64, axis=axis, keepdims=keepdims)
+        self.vocab[r] = s[a]
+        return r
 
     @_recorded
     def output(self, v: int) -> None:
@@ -180,16 +270,19 @@ class FuzzGraph:
         graph = helper.make_graph(
             list(self.g.nodes), "fuzz",
             list(self.g.inputs),
-            [helper.make_tensor_value_info(self.names[v], FLOAT, list(self.shapes[v])) for v in outs],
+            [helper.make_tensor_value_info(self.names[v], self.dtypes[v],
+                                           [None] * len(self.shapes[v]) if self.symbolic else list(self.shapes[v]))
+             for v in outs],
             list(self.g.inits))
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                               producer_name="eeonnx-fuzz")
-        m.ir_version = 8 if self.opset < 19 else 9
+        m.ir_version = _ir_for(self.opset)
         return m
 
     def code(self) -> str:
         """Python that rebuilds this exact graph (ids are positional: v<k> is value k)."""
-        lines = [f"f = FuzzGraph(opset={self.opset}, seed={self.seed})"]
+        const = ", const_nodes=True" if self.const_nodes else ""
+        lines = [f"f = FuzzGraph(opset={self.opset}, seed={self.seed}{const})"]
         for name, args, kwargs, made in self.calls:
             parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
             call = f"f.{name}({', '.join(parts)})"
@@ -257,6 +350,14 @@ class FuzzGraph:
         return self._node(op, ins, broadcast_shape(self.s(v), shape))
 
     @_recorded
+    def pow(self, v: int, shape) -> int:
+        """Pow(v, E) with a weight E of small whole exponents (1, 2, 3: continuous in v)."""
+        name = self._name("w")
+        self.weights[name] = tuple(shape)
+        self.g.floats(name, self.g.rng.integers(1, 4, list(shape)).astype(np.float32))
+        return self._node("Pow", [self.n(v), name], broadcast_shape(self.s(v), shape))
+
+    @_recorded
     def prelu(self, v: int, shape) -> int:
         return self._node("PRelu", [self.n(v), self._w(shape)], self.s(v))
 
@@ -285,15 +386,25 @@ class FuzzGraph:
     # -- linear ---------------------------------------------------------------------------
     @_recorded
     def conv(self, v: int, cout: int, k: int = 1, group: int = 1, stride: int = 1, dilation: int = 1,
-             pads=None, bias: bool = True) -> int:
+             pads=None, bias: bool = True, auto_pad: str | None = None) -> int:
+        """``auto_pad``: 'SAME_UPPER', 'SAME_LOWER' or 'VALID' instead of ``pads``."""
         shape = self.s(v)
         nd = len(shape) - 2
-        pads = list(pads) if pads is not None else [0] * (2 * nd)
         w = self._w([cout, shape[1] // group] + [k] * nd)
         ins = [self.n(v), w] + ([self._w([cout])] if bias else [])
-        spatial = [(shape[2 + i] + pads[i] + pads[nd + i] - dilation * (k - 1) - 1) // stride + 1 for i in range(nd)]
-        return self._node("Conv", ins, [shape[0], cout] + spatial, kernel_shape=[k] * nd, group=group,
-                          strides=[stride] * nd, dilations=[dilation] * nd, pads=pads)
+        attrs = dict(kernel_shape=[k] * nd, group=group, strides=[stride] * nd, dilations=[dilation] * nd)
+        if auto_pad:
+            attrs["auto_pad"] = auto_pad
+            if auto_pad == "VALID":
+                spatial = [(shape[2 + i] - dilation * (k - 1) - 1) // stride + 1 for i in range(nd)]
+            else:
+                spatial = [-(-shape[2 + i] // stride) for i in range(nd)]
+        else:
+            pads = list(pads) if pads is not None else [0] * (2 * nd)
+            attrs["pads"] = pads
+            spatial = [(shape[2 + i] + pads[i] + pads[nd + i] - dilation * (k - 1) - 1) // stride + 1
+                       for i in range(nd)]
+        return self._node("Conv", ins, [shape[0], cout] + spatial, **attrs)
 
     @_recorded
     def conv_transpose(self, v: int, cout: int, k: int = 1, group: int = 1, stride: int = 1,
@@ -382,14 +493,22 @@ class FuzzGraph:
         return self._node("Concat", ins, shape, axis=axis)
 
     @_recorded
-    def split(self, v: int, axis: int, sizes) -> list:
+    def split(self, v: int, axis: int, sizes, num_outputs: bool = False) -> list:
+        """``num_outputs``: equal parts by the opset-18 attribute instead of sizes."""
         name = self._name("split")
-        outs = self.g.node("Split", [self.n(v), self._ints(sizes)], name=name, n_out=len(sizes), axis=axis)
+        if num_outputs:
+            assert self.opset >= 18 and len(set(sizes)) == 1
+            outs = self.g.node("Split", [self.n(v)], name=name, n_out=len(sizes), axis=axis,
+                               num_outputs=len(sizes))
+        elif self.opset < 13:
+            outs = self.g.node("Split", [self.n(v)], name=name, n_out=len(sizes), axis=axis, split=list(sizes))
+        else:
+            outs = self.g.node("Split", [self.n(v), self._ints(sizes)], name=name, n_out=len(sizes), axis=axis)
         ids = []
         for o, size in zip(outs, sizes):
             shape = list(self.s(v))
             shape[axis] = size
-            ids.append(self._new(o, shape))
+            ids.append(self._new(o, shape, dtype=self.dtypes[v]))
         return ids
 
     @_recorded
@@ -428,7 +547,10 @@ class FuzzGraph:
         a = self.g.node("Reshape", [self.n(v), self._ints([s[0], g, c, *s[2:]])], name=self._name("reshape"))
         perm = [0, 2, 1] + list(range(3, len(s) + 1))
         b = self.g.node("Transpose", [a], name=self._name("transpose"), perm=perm)
-        return self._node("Reshape", [b, self._ints(list(s))], s)
+        r = self._node("Reshape", [b, self._ints(list(s))], s, dtype=self.dtypes[v])
+        if v in self.vocab:
+            self.vocab[r] = self.vocab[v]
+        return r
 
     @_recorded
     def transpose(self, v: int, perm) -> int:
@@ -439,7 +561,10 @@ class FuzzGraph:
     def squeeze(self, v: int, axes) -> int:
         s = self.s(v)
         drop = {a % len(s) for a in axes}
-        return self._node("Squeeze", [self.n(v), self._ints(axes)], [d for i, d in enumerate(s) if i not in drop])
+        out = [d for i, d in enumerate(s) if i not in drop]
+        if self.opset < 13:
+            return self._node("Squeeze", [self.n(v)], out, axes=list(axes))
+        return self._node("Squeeze", [self.n(v), self._ints(axes)], out)
 
     @_recorded
     def unsqueeze(self, v: int, axes) -> int:
@@ -450,6 +575,8 @@ class FuzzGraph:
         it = iter(s)
         for i in range(r):
             out.append(1 if i in ins else next(it))
+        if self.opset < 13:
+            return self._node("Unsqueeze", [self.n(v)], out, axes=list(axes))
         return self._node("Unsqueeze", [self.n(v), self._ints(axes)], out)
 
     @_recorded
@@ -498,7 +625,7 @@ class FuzzGraph:
         red = set(range(len(s))) if axes is None else {a % len(s) for a in axes}
         out = [1 if i in red else d for i, d in enumerate(s)] if keepdims else \
             [d for i, d in enumerate(s) if i not in red]
-        as_input = self.opset >= 18 or op == "ReduceSum"
+        as_input = self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13)
         if axes is None:
             return self._node(op, [self.n(v)], out, keepdims=keepdims)
         if as_input:
@@ -549,7 +676,44 @@ class FuzzGraph:
         s = self.s(v)
         out = [int(math.floor(d * sc)) for d, sc in zip(s, scales)]
         sc = self.g.floats(self._name("scales"), list(scales))
-        return self._node("Resize", [self.n(v), "", sc], out, mode="nearest")
+        roi = "" if self.opset >= 13 else self.g.floats(self._name("roi"), np.zeros([0], np.float32))
+        return self._node("Resize", [self.n(v), roi, sc], out, mode="nearest")
+
+    # -- indexing ops --------------------------------------------------------------------------
+    @_recorded
+    def topk(self, v: int, axis: int, k: int, largest: int = 1, indices: bool = False):
+        """TopK values (sorted); with ``indices`` also the Indices output (returns both ids)."""
+        s = list(self.s(v))
+        a = axis % len(s)
+        out = s[:a] + [k] + s[a + 1:]
+        name = self._name("topk")
+        vals, idx = self.g.node("TopK", [self.n(v), self._ints([k])], name=name, n_out=2, axis=axis,
+                                largest=largest, sorted=1)
+        r = self._new(vals, out)
+        if not indices:
+            return r
+        i = self._new(idx, out, dtype=INT64)
+        self.vocab[i] = s[a]
+        return [r, i]
+
+    @_recorded
+    def gather_elements(self, v: int, axis: int, indices) -> int:
+        idx = np.array(indices, dtype=np.int64)
+        return self._node("GatherElements", [self.n(v), self.g.const(self._name("idx"), idx)], idx.shape,
+                          axis=axis)
+
+    @_recorded
+    def where_const(self, v: int, cond_shape, weight_shape) -> int:
+        """Where(C, v, W) with a constant boolean C and a weight W (both broadcast)."""
+        cond = self.g.const(self._name("cond"), self.g.rng.random(list(cond_shape)) < 0.5)
+        w = self._w(weight_shape)
+        return self._node("Where", [cond, self.n(v), w], broadcast_shape(self.s(v), cond_shape, weight_shape),
+                          dtype=FLOAT)
+
+    @_recorded
+    def einsum2(self, a: int, b: int, equation: str, shape) -> int:
+        """Einsum of two values (the caller gives the output shape)."""
+        return self._node("Einsum", [self.n(a), self.n(b)], shape, equation=equation)
 
 
 def _matmul_shape(sa, sb):
@@ -659,7 +823,7 @@ def _d_softmax(draw, f, v):
 
 
 def _partners(f, v, pred):
-    return [u for u in range(len(f.shapes)) if pred(f.s(v), f.s(u))]
+    return [u for u in range(len(f.shapes)) if f.dtypes[u] == f.dtypes[v] and pred(f.s(v), f.s(u))]
 
 
 def _bcast_ok(a, b):
@@ -707,6 +871,26 @@ def _d_weight(draw, f, v, strong: bool = False):
     f.with_weight(v, op, wshape, weight_first=draw(st.booleans()))
 
 
+def _d_pow(draw, f, v):
+    f.pow(v, _weight_shape(draw, f.s(v), strong=True))
+
+
+def _d_pixel_shuffle(draw, f, v):
+    """ESPCN/pixel shuffle: a conv to b*b*C' channels, then DepthToSpace (or the reverse:
+    SpaceToDepth, then a conv)."""
+    n, c, h, w = f.s(v)
+    b = draw(st.sampled_from([2, 3]))
+    if draw(st.booleans()):
+        cp = draw(st.integers(1, 3))
+        if fits([n, cp * b * b, h, w]) and fits([n, cp, h * b, w * b]):
+            y = f.conv(v, cp * b * b, k=1)
+            f.depth_to_space(y, b, draw(st.sampled_from(["DCR", "CRD"])))
+    elif h % b == 0 and w % b == 0:
+        y = f.space_to_depth(v, b)
+        group = draw(st.sampled_from([1, b * b]))
+        f.conv(y, group * draw(st.integers(1, max(1, 8 // group))), k=1, group=group)
+
+
 def _d_prelu(draw, f, v, strong: bool = False):
     s = f.s(v)
     f.prelu(v, _weight_shape(draw, s, strong))
@@ -748,6 +932,15 @@ def _d_conv(draw, f, v):
         return
     spatial = [(sp - 1) // stride + 1 for sp in span]
     if not fits([s[0], cout] + spatial):
+        return
+    if draw(st.integers(0, 4)) == 0:  # auto_pad
+        mode = draw(st.sampled_from(["SAME_UPPER", "SAME_LOWER", "VALID"]))
+        if mode == "VALID" and min(out) < dilation * (k - 1) + 1:
+            return
+        if mode != "VALID":
+            dilation = 1  # onnxruntime: no dilation with SAME_*
+        f.conv(v, cout, k=k, group=group, stride=stride, dilation=dilation, bias=draw(st.booleans()),
+               auto_pad=mode)
         return
     f.conv(v, cout, k=k, group=group, stride=stride, dilation=dilation, pads=pads, bias=draw(st.booleans()))
 
@@ -864,6 +1057,9 @@ def _d_split(draw, f, v):
     k = draw(st.integers(2, min(3, d)))
     cuts = sorted(_subset(draw, range(1, d), k - 1))
     sizes = [b - a for a, b in zip([0] + cuts, cuts + [d])]
+    if f.opset >= 18 and d % k == 0 and draw(st.booleans()):
+        f.split(v, axis, [d // k] * k, num_outputs=True)
+        return
     f.split(v, axis, sizes)
 
 
@@ -881,9 +1077,9 @@ def _d_slice(draw, f, v):
             end = hi - d if draw(st.booleans()) else hi
         else:
             end = 2**62 if draw(st.booleans()) else d
-    else:
-        start = draw(st.integers(1, d - 1))
-        end = draw(st.sampled_from([-(2**62), 0]))
+    else:  # reversed: to the beginning (exporters' sentinels), or stopping before index 0
+        start = draw(st.integers(1, d - 1)) - (d if draw(st.booleans()) else 0)
+        end = draw(st.sampled_from([-(2**63), -(2**63 - 1), -(2**62), 0]))
     if len(range(*slice(start, end, step).indices(d))) < 1:
         return
     f.slice(v, axis - len(s) if draw(st.integers(0, 3)) == 0 else axis, start, end, step)
@@ -1151,7 +1347,7 @@ def _d_cat_regroup(draw, f, v):
     if y is None:
         shape = list(s)
         shape[axis] = extra
-        other = [u for u in range(len(f.shapes)) if list(f.s(u)) == shape]
+        other = [u for u in range(len(f.shapes)) if list(f.s(u)) == shape and f.is_float(u)]
         y = f.concat([v, other[-1]], axis) if other else f.concat([v, v], axis)
     size = f.s(y)[axis]
     inner = [d for d in divisors(size) if 1 < d < size]
@@ -1169,7 +1365,9 @@ def _d_cat_regroup(draw, f, v):
 
 
 def _apply_anchor(draw, f, v):
-    options = [o for o in _anchor_table() if o[1](f, f.s(v))]
+    if f.dtypes[v] == BOOL:
+        return
+    options = [o for o in (_anchor_table() if f.is_float(v) else INT_OPS[:1]) if o[1](f, f.s(v))]
     if options:
         _, _, apply = draw(st.sampled_from(options))
         apply(draw, f, v)
@@ -1191,6 +1389,97 @@ def _d_shared(draw, f, v):
     if t == 1 and len(f.s(v)) != 2:
         return
     f.shared_matmul(v, name, trans=t)
+
+
+# -- integer values (token ids, ArgMax results) ------------------------------------------
+def _d_embed(draw, f, v):
+    dim = _dim(draw, 1, 8)
+    if fits(list(f.s(v)) + [dim]):
+        f.embed(v, dim)
+
+
+def _d_int_concat(draw, f, v):
+    s = f.s(v)
+    axis = draw(st.integers(0, len(s) - 1))
+    cands = _partners(f, v, _concat_ok(axis))
+    vs = [v, _pick(draw, f, cands)]
+    shape = list(s)
+    shape[axis] = sum(f.s(x)[axis] for x in vs)
+    if fits(shape):
+        f.concat(vs, axis)
+
+
+def _d_topk(draw, f, v):
+    s = f.s(v)
+    axis = _axis(draw, len(s))
+    k = draw(st.integers(1, s[axis]))
+    f.topk(v, axis, k, largest=draw(st.integers(0, 1)), indices=_often(draw, 1, 3))
+
+
+def _d_gather_elements(draw, f, v):
+    s = list(f.s(v))
+    axis = draw(st.integers(0, len(s) - 1))
+    shape = [draw(st.integers(1, d)) for d in s]
+    shape[axis] = draw(st.integers(1, 4))
+    n = numel(shape)
+    idx = np.array(draw(st.lists(st.integers(-s[axis], s[axis] - 1), min_size=n, max_size=n))).reshape(shape)
+    f.gather_elements(v, axis - len(s) if draw(st.booleans()) else axis, idx.tolist())
+
+
+def _d_where_const(draw, f, v):
+    s = f.s(v)
+    cond, w = _weight_shape(draw, s, strong=True), _weight_shape(draw, s)
+    out = broadcast_shape(s, cond, w)
+    if out is not None and fits(out):
+        f.where_const(v, cond, w)
+
+
+def _d_einsum2(draw, f, v):
+    """Einsum of v with a partner: a @ b^T on the last axes, or a dot product along the last axis."""
+    s = f.s(v)
+    kind = draw(st.sampled_from(["abt", "dot"]))
+    if kind == "abt" and len(s) >= 2:
+        cands = _partners(f, v, lambda a, b: len(a) == len(b) and a[:-2] == b[:-2] and a[-1] == b[-1])
+        u = _pick(draw, f, cands)
+        letters = "bcd"[: len(s) - 2]
+        out = list(s[:-1]) + [f.s(u)[-2]]
+        if fits(out):
+            f.einsum2(v, u, f"{letters}mk,{letters}nk->{letters}mn", out)
+    else:
+        cands = _partners(f, v, lambda a, b: a == b)
+        u = _pick(draw, f, cands)
+        f.einsum2(v, u, "...k,...k->...", list(s[:-1]))
+
+
+def _d_gather_act(draw, f, u):
+    """Integer value u indexes an axis of a float value (long enough for u's range)."""
+    cands = [(v, a) for v in range(len(f.shapes)) if f.is_float(v) for a, d in enumerate(f.s(v))
+             if d >= f.vocab.get(u, 10**9)]
+    if not cands:
+        return
+    v, a = cands[len(cands) - 1 - draw(st.integers(0, len(cands) - 1))]
+    s = f.s(v)
+    out = list(s[:a]) + list(f.s(u)) + list(s[a + 1:])
+    if fits(out) and len(out) <= 5:
+        f.gather_act(v, u, a - len(s) if draw(st.booleans()) else a)
+
+
+def _d_argmax(draw, f, v):
+    s = f.s(v)
+    f.argmax(v, _axis(draw, len(s)), draw(st.integers(0, 1)), draw(st.sampled_from(["ArgMax", "ArgMin"])))
+
+
+INT_OPS = [  # what the body does with an integer value (the first entry is its anchor)
+    ("embed", lambda f, s: True, _d_embed),
+    ("embed", lambda f, s: True, _d_embed),
+    ("embed", lambda f, s: True, _d_embed),
+    ("reshape", _ok_rank(1), _d_reshape),
+    ("transpose", _ok_rank(2), _d_transpose),
+    ("slice", lambda f, s: any(d >= 2 for d in s), _d_slice),
+    ("squeeze", _ok_rank(0), _d_squeeze),
+    ("concat", _ok_rank(1), _d_int_concat),
+    ("gather_act", lambda f, s: True, _d_gather_act),
+]
 
 
 _OPS = [  # (name, weight, applicable(f, shape), draw-and-apply(draw, f, v))
@@ -1220,7 +1509,7 @@ _OPS = [  # (name, weight, applicable(f, shape), draw-and-apply(draw, f, v))
     ("lrn", 1, _ok_rank(4, 4), _d_lrn),
     ("conv_transpose", 1, _spatial, _d_conv_transpose),
     ("matmul", 2, _ok_rank(1), _d_matmul),
-    ("einsum", 1, _ok_rank(1), _d_einsum),
+    ("einsum", 1, lambda f, s: f.opset >= 12 and len(s) >= 1, _d_einsum),
     ("flatten", 1, _ok_rank(1), _d_flatten),
     ("squeeze", 1, _ok_rank(0), _d_squeeze),
     ("d2s", 1, _ok_rank(4, 4), _d_d2s),
@@ -1235,6 +1524,13 @@ _OPS = [  # (name, weight, applicable(f, shape), draw-and-apply(draw, f, v))
     ("cat_group", 1, _spatial, _d_cat_group),
     ("cat_regroup", 2, _ok_rank(1), _d_cat_regroup),
     ("shared", 1, _ok_rank(1), _d_shared),
+    ("argmax", 1, _ok_rank(1), _d_argmax),
+    ("pow", 1, _ok_rank(0), _d_pow),
+    ("pixel_shuffle", 1, _ok_rank(4, 4), _d_pixel_shuffle),
+    ("topk", 1, _ok_rank(1), _d_topk),
+    ("gather_elements", 1, _ok_rank(1), _d_gather_elements),
+    ("where_const", 1, _ok_rank(1), _d_where_const),
+    ("einsum2", 1, lambda f, s: f.opset >= 12 and len(s) >= 1, _d_einsum2),
 ]
 OPS = [(name, ok, apply) for name, weight, ok, apply in _OPS for _ in range(weight)]
 OP_NAMES = sorted({name for name, _, _ in OPS})
@@ -1264,6 +1560,10 @@ def _often(draw, yes: int = 4, no: int = 1) -> bool:
 
 
 def _apply_one(draw, f, v, table) -> None:
+    if f.dtypes[v] == BOOL:
+        return
+    if not f.is_float(v):
+        table = INT_OPS
     options = [o for o in table if o[1](f, f.s(v))]
     if options:
         _, _, apply = draw(st.sampled_from(options))
@@ -1273,7 +1573,14 @@ def _apply_one(draw, f, v, table) -> None:
 def _meet(draw, f, v) -> None:
     """A second input, shaped to meet value v, and the op that combines them."""
     s = list(f.s(v))
-    kind = draw(st.sampled_from(["binary", "concat", "matmul"] if s else ["binary"]))
+    kind = draw(st.sampled_from(["binary", "concat", "matmul", "mask"] if s else ["binary"]))
+    if kind == "mask":
+        shape = [d if _often(draw, 3, 1) else 1 for d in s]
+        if shape and draw(st.integers(0, 3)) == 0:
+            shape = shape[1:]
+        m = f.mask(shape or [1])
+        f.where_mask(m, v, _weight_shape(draw, s))
+        return
     if kind == "concat":
         axis = draw(st.integers(0, len(s) - 1))
         shape = list(s)
@@ -1310,28 +1617,42 @@ def _meet(draw, f, v) -> None:
 
 
 @st.composite
-def graphs(draw, max_steps: int = 6, ops=None, two_inputs: bool = True):
-    """A validated :class:`FuzzGraph`: 1-2 inputs, 1..max_steps op steps, 1-2 outputs.
+def graphs(draw, max_steps: int = 6, ops=None, two_inputs: bool = True, first=("float",) * 4 + ("symbolic", "ids")):
+    """A validated :class:`FuzzGraph`: 1-2 inputs, up to max_steps body steps, 1-2 outputs.
 
     Shape of a draw: an input, usually a weighted op on it (a secret class to carry),
     sometimes a second input that meets the first, a body of random ops on random
     earlier values (recent ones more likely), usually a weighted op at the end.
-    ``ops``: restrict the body to these op names (see ``OP_NAMES``)."""
+    ``ops``: restrict the body to these op names (see ``OP_NAMES``); ``first``: the kinds of
+    the first input to draw from ("float", "symbolic": batch dim 'N', "ids": token ids)."""
     table = [o for o in OPS if ops is None or o[0] in ops]
-    anchors = _anchor_table()
-    f = FuzzGraph(opset=draw(st.sampled_from(OPSETS)), seed=draw(st.integers(0, 3)))
-    f.input(draw(input_shapes()))
+    f = FuzzGraph(opset=draw(st.sampled_from(OPSETS)), seed=draw(st.integers(0, 3)),
+                  const_nodes=_often(draw, 1, 5))
+    first = draw(st.sampled_from(list(first)))
+    if first == "ids":
+        f.ids([_dim(draw, 1, 2), _dim(draw, 1, 6)][draw(st.integers(0, 1)):], vocab=_dim(draw, 3, 12))
+    else:
+        shape = draw(input_shapes())
+        if first == "symbolic" and len(shape) >= 2:
+            shape[0] = 2
+        f.input(shape, symbolic=first == "symbolic" and len(shape) >= 2)
     if _often(draw):
-        _apply_one(draw, f, 0, anchors)
-    if two_inputs and _often(draw, 1, 3):
-        _meet(draw, f, _pick(draw, f, range(len(f.shapes))))
+        _apply_anchor(draw, f, 0)
+    floats = [v for v in range(len(f.shapes)) if f.is_float(v)]
+    if two_inputs and floats and _often(draw, 1, 3):
+        _meet(draw, f, _pick(draw, f, floats))
     for _ in range(draw(st.integers(0, max_steps))):
         _apply_one(draw, f, _pick(draw, f, range(len(f.shapes))), table)
     if _often(draw):
-        _apply_one(draw, f, len(f.shapes) - 1, anchors)
+        _apply_anchor(draw, f, len(f.shapes) - 1)
     made = [v for v in range(len(f.shapes)) if not f.is_input[v]]
     if not made:
-        _d_unary(draw, f, len(f.shapes) - 1)
+        _apply_anchor(draw, f, len(f.shapes) - 1)
+        if f.is_input[-1]:
+            if f.is_float(len(f.shapes) - 1):
+                _d_unary(draw, f, len(f.shapes) - 1)
+            else:
+                f.embed(len(f.shapes) - 1, 2)
         made = [len(f.shapes) - 1]
     f.output(made[-1])
     if len(made) > 1 and _often(draw, 1, 3):
