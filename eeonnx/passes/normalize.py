@@ -68,6 +68,11 @@ def _check_graph(model: ir.Model) -> None:
     if used > known:
         raise ModelLoadError(f"the model uses ONNX opset {used}, newer than the installed onnx knows "
                              f"({known}): upgrade onnx (pip install -U onnx)")
+    names = [v.name for v in model.graph.outputs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelLoadError(f"output '{twice[0]}' is listed more than once among the graph outputs; "
+                             "list each output once")
     for v in model.graph.inputs:
         if v.dtype in UNSUPPORTED_INPUT_TYPES:
             raise ModelLoadError(f"input '{v.name}' has type {v.dtype.name.lower()}, which eeonnx cannot "
@@ -132,7 +137,7 @@ def infer_shapes(model: ir.Model) -> None:
             if o.type is None and elem:
                 o.type = ir.TensorType(ir.DataType(elem))  # ops ONNX's inference does not know
             if o.shape is None:
-                if not any(_invented(d) for d in dims):
+                if not any(_invented(d) for d in dims) and not _untrusted(node, o, 0):
                     o.shape = ir.Shape(dims)
                 continue
             if len(o.shape) != len(dims):
@@ -144,10 +149,14 @@ def infer_shapes(model: ir.Model) -> None:
 
 
 def _untrusted(node: ir.Node, out: ir.Value, axis: int) -> bool:
-    """onnxruntime's tool sizes slices of a symbolic axis as if the axis were long
-    enough (and gets negative steps wrong); the analysis reads static sizes (a
-    size-1 dim means broadcasting), so such a guess could mislead it: keep the
-    dim unknown instead."""
+    """Dims where onnxruntime's tool is known to guess wrong; the analysis reads
+    static sizes (a size-1 dim means broadcasting), so keep those dims unknown:
+    - slices of a symbolic axis (sized as if the axis were long enough, and
+      wrong for negative steps);
+    - Einsum with an ellipsis (the ellipsis dims come out misaligned)."""
+    if node.op_type == "Einsum":
+        eq = node.attributes.get("equation")
+        return eq is not None and "..." in str(eq.value)
     if node.op_type != "Slice" or out is not node.outputs[0]:
         return False
     x = node.inputs[0]
