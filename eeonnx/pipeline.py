@@ -1,8 +1,8 @@
 """The compile pipeline: one Compilation carries the model and every analysis result.
 
-    load -> normalize -> check -> propagate -> keygen -> fold -> boundary -> emit
+    load -> normalize -> check -> propagate -> keygen -> state -> split -> fold -> boundary -> emit
 
-``analyze()`` runs up to keygen (what ``eeonnx check`` shows, nothing written);
+``analyze()`` runs up to state (what ``eeonnx check`` shows, nothing written);
 ``compile()`` runs everything and writes the artifact directory atomically.
 """
 from __future__ import annotations
@@ -32,7 +32,6 @@ class Compilation:
     original_infos: dict = field(default_factory=dict)
     original_nodes: int = 0
     unsupported: list = field(default_factory=list)
-    op_counts: dict = field(default_factory=dict)
     analysis: propagate.Analysis | None = None
     classes: dict = field(default_factory=dict)
     state: list = field(default_factory=list)
@@ -43,7 +42,7 @@ class Compilation:
     perms: dict = field(default_factory=dict)
     weight_bytes: int = 0
     permuted_bytes: int = 0
-    weight_index: dict = field(default_factory=dict)
+    weight_index: dict = field(default_factory=dict)  # initializer -> per-axis index arrays
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     encode_model: onnx.ModelProto | None = None

@@ -1,11 +1,9 @@
 """check: every node must have a rule in the registry.
 
 Invariant: leaves the model unchanged; fills ``comp.unsupported`` with
-(node, reason) for each node without a rule, and ``comp.op_counts``.
+(node, reason) for each node without a rule.
 """
 from __future__ import annotations
-
-from collections import Counter
 
 import onnx_ir as ir
 
@@ -36,7 +34,6 @@ class CheckPass:
         self.comp = comp
 
     def __call__(self, model: ir.Model) -> None:
-        self.comp.op_counts = Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in model.graph)
         for node in model.graph:
             why = unsupported_reason(model, node)
             if why:
