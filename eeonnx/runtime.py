@@ -21,7 +21,6 @@ def session_options() -> ort.SessionOptions:
 def cuda_usable() -> bool:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
-    import onnx
     from onnx import TensorProto, helper
 
     g = helper.make_graph(
@@ -33,11 +32,11 @@ def cuda_usable() -> bool:
     m.ir_version = 7
     so = session_options()
     so.log_severity_level = 4
-    previous = 2
+    previous = 2  # onnxruntime's default (warnings)
     try:
         ort.set_default_logger_severity(4)
-        s = ort.InferenceSession(onnx._serialize(m) if hasattr(onnx, "_serialize") else m.SerializeToString(),
-                                 so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        s = ort.InferenceSession(m.SerializeToString(), so,
+                                 providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         return "CUDAExecutionProvider" in s.get_providers()
     except Exception:  # any failure means: not usable here
         return False
