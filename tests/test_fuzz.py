@@ -291,7 +291,7 @@ def test_duplicate_graph_output(tmp_path):
 
 
 def test_slice_negative_step_on_symbolic_axis(tmp_path):
-    """Found by the fuzzer (minimized; a wrong output, fixed in e7c6556): x [N, 5] ->
+    """Found by the fuzzer (minimized; a wrong output, since fixed in normalize): x [N, 5] ->
     Slice(starts=1, ends=INT64_MIN, step=-1) on axis 0 (x[1::-1], rows 1 and 0) ->
     r [min(N, 2), 5] -> Sub(r, W [2, 1]) -> MatMul(W2 [5, 3]).
 
