@@ -60,7 +60,8 @@ def _dtype_name(v: ir.Value) -> str:
     return v.dtype.name.lower() if v.dtype is not None else "unknown"
 
 
-def _shape(v: ir.Value) -> list:
+def shape_list(v: ir.Value) -> list:
+    """Dims as written in reports and the manifest: ints, symbol names, '?' if unknown."""
     if v.shape is None:
         return []
     return [d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in v.shape]
@@ -72,7 +73,7 @@ def crossings(comp, values: list[ir.Value], is_input: bool, refuse: bool = True)
     for v in values:
         terms = an.known(v)
         index = axis_perms(terms, perms) if terms is not None else []
-        c = Crossing(v.name, v.name, index, _dtype_name(v), _shape(v))
+        c = Crossing(v.name, v.name, index, _dtype_name(v), shape_list(v))
         c.layout = [comp.show(t) for t in terms] if terms is not None else []
         indexes_table = False
         if an.has_slot(v):

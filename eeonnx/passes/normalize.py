@@ -114,19 +114,11 @@ def _is_unknown_dim(d) -> bool:
     return isinstance(d, ir.SymbolicDim) and (d.value is None or d.value.startswith("unk__"))
 
 
-def _unknown(model: ir.Model) -> list[ir.Value]:
-    out = []
-    for node in model.graph:
-        for o in node.outputs:
-            if o.shape is None or any(_is_unknown_dim(d) for d in o.shape):
-                out.append(o)
-    return out
-
-
 def infer_shapes(model: ir.Model) -> None:
-    """Shapes for every value: onnxruntime's symbolic inference first (it names
-    derived dims, e.g. ``batch*seq``, and resolves shape arithmetic), ONNX's
-    own inference for what it cannot do (unknown ops)."""
+    """Shapes for every value: ONNX's inference (with data propagation) first; then,
+    per dim, onnxruntime's symbolic inference fills what ONNX left unknown (it names
+    derived dims, e.g. ``batch*seq``, and resolves shape arithmetic), except where
+    that tool is known to guess wrong (see ``_untrusted``)."""
     common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     symbolic = _ort_symbolic_shapes(model)
     for node in model.graph:

@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from eeonnx import layout as L
 from eeonnx.errors import ClearBoundaryError, EEError
+from eeonnx.passes.boundary import shape_list
 
 
 class SplitError(EEError):
@@ -236,7 +237,7 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
     if still_weak:
         v = still_weak[0]
         raise ClearBoundaryError(
-            f"'{v.name}' {_shape(v)} would cross the wire with {tensor_bits(comp, v):.1f} key bits "
+            f"'{v.name}' {shape_list(v)} would cross the wire with {tensor_bits(comp, v):.1f} key bits "
             f"(< {min_bits:g}): {'use --split auto or --split-at' if mode != 'auto' else 'no split helps'}, "
             f"lower --min-key-bits, or pass --allow-weak {v.name}")
     _measure(model, g, plan)
@@ -254,10 +255,6 @@ def _no_split_message(comp, g: _Graph, min_bits: float) -> str:
             f"the weak layers also cuts their skip connections); {strongest}. Wider layers give more "
             "(n channels = log2(n!) bits); else lower --min-key-bits, or --split none with "
             "--allow-weak NAME to accept weak boundaries")
-
-
-def _shape(v: ir.Value) -> list:
-    return [] if v.shape is None else [d if isinstance(d, int) else d.value for d in v.shape]
 
 
 def _check_convex(comp, g: _Graph, plan: SplitPlan) -> None:

@@ -74,9 +74,6 @@ class NoShape(Exception):
         self.value = value
 
 
-Dim = "int | str | None"
-
-
 def dims_of(value: ir.Value) -> list | None:
     """Static ints, symbolic names (str) or None (unknown) per axis; None if rank unknown."""
     if value.shape is None:
