@@ -81,7 +81,7 @@ def machine() -> str:
 def main() -> int:
     sys.path.insert(0, ROOT)
     import eeonnx
-    from eeonnx.bench import bench_generate, bench_model
+    from eeonnx.client.bench import bench_generate, bench_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")

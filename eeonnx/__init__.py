@@ -6,6 +6,6 @@ encode/decode step holds the key.
 """
 __version__ = "0.1.0"
 
-from eeonnx.api import Client, Server, check, compile  # noqa: E402
+from eeonnx.client.client import Client, Server, check, compile  # noqa: E402
 
 __all__ = ["Client", "Server", "check", "compile", "__version__"]

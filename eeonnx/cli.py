@@ -106,9 +106,9 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
       out/cnn/client/key.json        the secret (mode 0600)
       out/cnn/client/manifest.json   I/O mapping, layouts, coverage
     """
-    from eeonnx import report
-    from eeonnx.api import compile as compile_model
-    from eeonnx.passes.verify import verify
+    from eeonnx.compiler import report
+    from eeonnx.client.client import compile as compile_model
+    from eeonnx.client.verify import verify
 
     t0 = time.perf_counter()
     comp = compile_model(model, out, key=key, dims=_dims(dims), strict=strict, force=force,
@@ -154,8 +154,8 @@ def check(model, as_json, spec, dims):
       eeonnx check models/cnn.onnx --spec
     Exit code 2 when some op is not supported.
     """
-    from eeonnx import report
-    from eeonnx.api import check as analyze
+    from eeonnx.compiler import report
+    from eeonnx.client.client import check as analyze
 
     comp = analyze(model, dims=_dims(dims))
     rep = report.check_report(comp)
@@ -190,7 +190,7 @@ def verify_cmd(model, out, trials, tol, dims):
     Example:
       eeonnx verify models/cnn.onnx out/cnn --trials 5
     """
-    from eeonnx.passes.verify import verify
+    from eeonnx.client.verify import verify
 
     errs = verify(model, out, trials=trials, dims=_dims(dims))
     _print_errors(errs, tol)
@@ -215,8 +215,8 @@ def run(out, inputs, save, provider):
     """
     import numpy as np
 
-    from eeonnx import runtime
-    from eeonnx.api import Client, Server
+    from eeonnx.server import runtime
+    from eeonnx.client.client import Client, Server
 
     feeds = {}
     for item in inputs:
@@ -266,8 +266,8 @@ def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, s
       eeonnx generate out/llama --prompt-ids 1,2,3 --max-new-tokens 12
       eeonnx generate out/gpt2 --prompt "Hello" --temperature 0.8 --top-k 40 --seed 0
     """
-    from eeonnx import runtime
-    from eeonnx.api import Client, Server
+    from eeonnx.server import runtime
+    from eeonnx.client.client import Client, Server
 
     client = Client(out)
     tokenizer = None
@@ -322,7 +322,7 @@ def bench(model, out, provider, iters, dims, gen, as_json):
     Example:
       eeonnx bench models/cnn.onnx out/cnn --iters 200
     """
-    from eeonnx.bench import bench_generate, bench_model
+    from eeonnx.client.bench import bench_generate, bench_model
 
     r = bench_model(model, out, provider=provider, iters=iters, dims=_dims(dims))
     if gen:

@@ -17,7 +17,7 @@ inputs, and asserts
 - the artifact contract: encode inputs are the model's inputs, decode outputs its
   outputs, and encode/server/decode line up by position and dtype.
 
-It returns the :class:`eeonnx.pipeline.Compilation` for further asserts (``.spec()``,
+It returns the :class:`eeonnx.compiler.pipeline.Compilation` for further asserts (``.spec()``,
 ``.pins()``, ``.classes``, ``.key_bits``), or a :class:`Roundtrip` with ``full=True``.
 ``compile_plain`` is ``eeonnx.compile`` with the same defaults.
 """
@@ -285,7 +285,7 @@ def original_tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def normalized_proto(model: onnx.ModelProto, dims=None) -> onnx.ModelProto:
     """The original model after eeonnx's normalize pass (independently of a compile)."""
-    from eeonnx.passes import load, normalize
+    from eeonnx.compiler.passes import load, normalize
 
     m = load.load_model(copy.deepcopy(model))
     normalize.NormalizePass(dims)(m)

@@ -12,7 +12,7 @@ from onnx import helper
 import eeonnx
 from eeonnx.errors import (ClearBoundaryError, EEError, KeyFileError, ModelLoadError, OutputExistsError,
                            ShapeError, StrictPinError, UnsupportedOpError, VerifyError)
-from eeonnx.rules import REGISTRY
+from eeonnx.compiler.rules import REGISTRY
 from helpers import FLOAT, G, compile_plain, roundtrip, sandwich
 
 
@@ -317,7 +317,7 @@ def test_failing_compile_with_force_keeps_old_out(failure, tmp_path):
 
 def test_failure_while_writing_cleans_up(tmp_path, monkeypatch):
     """An error in the middle of writing the artifact leaves neither OUT nor a temp dir."""
-    from eeonnx.passes import emit
+    from eeonnx.compiler.passes import emit
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")

@@ -47,7 +47,7 @@ from onnx import numpy_helper
 
 import eeonnx
 from eeonnx.errors import EEError
-from eeonnx.keys import Key
+from eeonnx.compiler.keys import Key
 from fuzz_graphs import FuzzGraph, graphs, validate
 from helpers import (G, classes_of, compile_plain, normalized_proto, original_tensors, random_feeds, roundtrip,
                      run_original)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import eeonnx
 from eeonnx.cli import main as cli_main
-from eeonnx.generate import sample
+from eeonnx.client.generate import sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "models" / "fixtures"
 CPU = ["CPUExecutionProvider"]

@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from eeonnx.errors import KeyFileError
-from eeonnx.keys import KEY_FORMAT, Key, write_key
+from eeonnx.compiler.keys import KEY_FORMAT, Key, write_key
 from helpers import G, compile_plain, roundtrip
 
 

@@ -1,4 +1,4 @@
-"""The layout algebra on its own (eeonnx.layout): terms, unification, materialization.
+"""The layout algebra on its own (eeonnx.compiler.layout): terms, unification, materialization.
 
 The solver's contract: after ``unify(a, b)``, *every* assignment of permutations to the
 remaining free variables makes ``materialize(a) == materialize(b)`` (pinned variables
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eeonnx import layout as L
+from eeonnx.compiler import layout as L
 
 
 def unifier():

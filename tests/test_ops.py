@@ -18,7 +18,7 @@ from onnx import TensorProto
 
 import eeonnx
 from eeonnx.errors import ClearBoundaryError
-from eeonnx.rules import REGISTRY
+from eeonnx.compiler.rules import REGISTRY
 from helpers import (BOOL, INT64, G, classes_of, compile_plain, is_secret, pinned_nodes, roundtrip,
                      sandwich)
 
@@ -1291,7 +1291,7 @@ def test_op(cid, tmp_path):
 
 #: rule modules whose ops must each have a case in this file; the other rule modules
 #: (contrib, indexing, recurrent, ...) have test files of their own
-CORE_RULE_MODULES = {f"eeonnx.rules.{m}" for m in ("elementwise", "linear", "reduce", "shape", "spatial")}
+CORE_RULE_MODULES = {f"eeonnx.compiler.rules.{m}" for m in ("elementwise", "linear", "reduce", "shape", "spatial")}
 
 
 def test_every_core_registry_op_has_a_case():
@@ -1316,7 +1316,7 @@ def test_every_registry_op_is_named_by_some_test():
 
 
 def test_registry_lookup_respects_opsets():
-    from eeonnx.rules import lookup
+    from eeonnx.compiler.rules import lookup
 
     assert lookup("", "Relu", 13) is not None
     assert lookup("ai.onnx", "Conv", 1) is not None

@@ -1,4 +1,4 @@
-"""eeonnx.tokenizer: a tokenizer.json rewritten to emit encrypted ids.
+"""eeonnx.compiler.tokenizer: a tokenizer.json rewritten to emit encrypted ids.
 
 Invariant checked on every tokenizer kind: for any text (and pair),
 ``enc.encode(text).ids == id_map[plain.encode(text).ids]``, tokens / type ids /
@@ -23,7 +23,7 @@ from tokenizers import (  # noqa: E402
     trainers,
 )
 
-from eeonnx.tokenizer import TokenizerMapError, encrypt_tokenizer, id_map_from_perm  # noqa: E402
+from eeonnx.compiler.tokenizer import TokenizerMapError, encrypt_tokenizer, id_map_from_perm  # noqa: E402
 
 CORPUS = [
     "Hello world, this is a tiny tokenizer trained in process!",
@@ -317,7 +317,7 @@ def test_no_tokenizers_import_at_runtime():
     import ast
     import inspect
 
-    import eeonnx.tokenizer as mod
+    import eeonnx.compiler.tokenizer as mod
 
     names = {a.name.split(".")[0] for n in ast.walk(ast.parse(inspect.getsource(mod)))
              if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}

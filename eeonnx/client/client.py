@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from eeonnx import pipeline, runtime
+from eeonnx.compiler import pipeline
+from eeonnx.server import runtime
 
 
 def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
@@ -58,7 +59,7 @@ class Server:
         """Empty state tensors (cache axis of length 0) as ORT values on the device."""
         import onnxruntime as ort
 
-        from eeonnx.passes.verify import NP_TYPES
+        from eeonnx.client.verify import NP_TYPES
 
         types = {i.name: i.type for i in self.session.get_inputs()}
         state = {}
@@ -140,7 +141,7 @@ class Client:
         return name, logits[0], vocab
 
     def input_dtypes(self) -> dict:
-        from eeonnx.passes.verify import NP_TYPES
+        from eeonnx.client.verify import NP_TYPES
 
         return {i.name: NP_TYPES[i.type] for i in self._enc.get_inputs()}
 
@@ -160,12 +161,12 @@ class Client:
     def plain_tokenizer(self):
         """The client tokenizer (client/tokenizer.json, encrypted ids) wrapped to
         speak plain ids, so it composes with encode/decode and generate."""
-        from eeonnx.client_tokenizer import PlainView
+        from eeonnx.client.tokenizer import PlainView
 
         return PlainView(os.path.join(self.out_dir, "client", "tokenizer.json"), self.id_map())
 
     def generate(self, server, prompt_ids, **kw):
-        """Yield plain token ids; see eeonnx.generate.generate for the options."""
-        from eeonnx.generate import generate
+        """Yield plain token ids; see eeonnx.client.generate.generate for the options."""
+        from eeonnx.client.generate import generate
 
         return generate(self, server, prompt_ids, **kw)

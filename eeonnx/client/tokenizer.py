@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from eeonnx.tokenizer import TokenizerMapError
+from eeonnx.compiler.tokenizer import TokenizerMapError
 
 
 class PlainView:

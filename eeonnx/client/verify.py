@@ -12,7 +12,7 @@ import os
 import numpy as np
 import onnx
 
-from eeonnx import runtime
+from eeonnx.server import runtime
 
 NP_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -56,7 +56,7 @@ def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def verify(original, out_dir: str, trials: int = 3, dims=None, seed: int = 0, providers=None) -> dict[str, float]:
-    from eeonnx.api import Client, Server
+    from eeonnx.client.client import Client, Server
 
     src = original.SerializeToString() if isinstance(original, onnx.ModelProto) else os.fspath(original)
     plain = runtime.session(src, providers or ["CPUExecutionProvider"])

@@ -16,10 +16,10 @@ import onnx
 import onnx_ir as ir
 
 from eeonnx import __version__
-from eeonnx import layout as L
+from eeonnx.compiler import layout as L
 from eeonnx.errors import StrictPinError, UnsupportedOpError
-from eeonnx.keys import Key
-from eeonnx.passes import boundary, check, emit, fold, keygen, load, normalize, propagate, split, state
+from eeonnx.compiler.keys import Key
+from eeonnx.compiler.passes import boundary, check, emit, fold, keygen, load, normalize, propagate, split, state
 
 
 @dataclass
@@ -147,7 +147,7 @@ def _client_tokenizer(comp: Compilation, path: str) -> dict:
     """The tokenizer JSON with encrypted ids (validated now, written by emit)."""
     import json
 
-    from eeonnx.tokenizer import TokenizerMapError, encrypt_tokenizer_json
+    from eeonnx.compiler.tokenizer import TokenizerMapError, encrypt_tokenizer_json
 
     ids = [c for c in comp.inputs if c.value_index is not None]
     if not ids:

@@ -71,7 +71,7 @@ def check_report(comp) -> dict:
         key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
         ops[key]["unsupported"].append({"node": node.name, "reason": why})
         ops[key]["status"] = "unsupported"
-    from eeonnx.passes.boundary import crossings
+    from eeonnx.compiler.passes.boundary import crossings
 
     def wire(items):
         return [{"name": c.name, "shape": c.shape, "layout": c.layout,
@@ -102,7 +102,7 @@ def check_report(comp) -> dict:
 def _split_preview(comp) -> dict:
     """What the default compile (--split auto, 128 bits) would move to the client."""
     from eeonnx.errors import EEError
-    from eeonnx.passes.split import plan_split
+    from eeonnx.compiler.passes.split import plan_split
 
     try:
         plan = plan_split(comp, comp.model, "auto", 128.0, (), tuple(comp.allow_clear))

@@ -12,7 +12,7 @@ pins the axis it indexes: positions read as numbers must stay in the clear.
 """
 from __future__ import annotations
 
-from eeonnx import layout as L
+from eeonnx.compiler import layout as L
 
 
 class Slot:

@@ -23,8 +23,8 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from eeonnx.errors import ClearBoundaryError
-from eeonnx.passes import fold
-from eeonnx.passes.fold import axis_perms
+from eeonnx.compiler.passes import fold
+from eeonnx.compiler.passes.fold import axis_perms
 
 CLIENT_OPSET = 13
 CLIENT_IR_VERSION = 7

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from eeonnx import rules
+from eeonnx.compiler import rules
 
 
 def opset_of(model: ir.Model, domain: str) -> int:

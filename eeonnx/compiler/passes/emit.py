@@ -21,8 +21,8 @@ import onnx
 import onnx_ir as ir
 
 from eeonnx.errors import OutputExistsError
-from eeonnx.keys import write_key
-from eeonnx.progress import Progress
+from eeonnx.compiler.keys import write_key
+from eeonnx.compiler.progress import Progress
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights above 1 GiB go to model.onnx.data
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from eeonnx import layout as L
+from eeonnx.compiler import layout as L
 
 
 def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.ndarray | None]:

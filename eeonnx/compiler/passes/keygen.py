@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from eeonnx import layout as L
+from eeonnx.compiler import layout as L
 
 
 @dataclass
@@ -33,8 +33,8 @@ class SecretClass:
 
 def learned_weights(model: ir.Model) -> set[str]:
     """Initializers that some op contracts over (a rule registered with mixes=True)."""
-    from eeonnx import rules
-    from eeonnx.passes.check import opset_of
+    from eeonnx.compiler import rules
+    from eeonnx.compiler.passes.check import opset_of
 
     out = set()
     for node in model.graph:

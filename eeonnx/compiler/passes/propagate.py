@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from eeonnx import layout as L
-from eeonnx import rules
-from eeonnx.passes.check import opset_of
-from eeonnx.values import Slot, ValueSolver
+from eeonnx.compiler import layout as L
+from eeonnx.compiler import rules
+from eeonnx.compiler.passes.check import opset_of
+from eeonnx.compiler.values import Slot, ValueSolver
 
 
 class Analysis:

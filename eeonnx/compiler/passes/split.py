@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from eeonnx import layout as L
+from eeonnx.compiler import layout as L
 from eeonnx.errors import ClearBoundaryError, EEError
-from eeonnx.passes.boundary import shape_list
+from eeonnx.compiler.passes.boundary import shape_list
 
 
 class SplitError(EEError):

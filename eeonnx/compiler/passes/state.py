@@ -44,8 +44,8 @@ def _source(value: ir.Value) -> ir.Value:
 def _extends(model: ir.Model, value: ir.Value) -> tuple[list, int, bool] | None:
     """(candidate inputs, axis, declared) when ``value`` is its producer's input extended
     along an axis; ``declared`` when a fused op's rule says so (not merely a Concat)."""
-    from eeonnx import rules
-    from eeonnx.passes.check import opset_of
+    from eeonnx.compiler import rules
+    from eeonnx.compiler.passes.check import opset_of
 
     node = value.producer()
     if node is None or value.shape is None:

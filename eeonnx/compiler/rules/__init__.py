@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from eeonnx import layout as L
+from eeonnx.compiler import layout as L
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,8 @@ class NodeView:
 
 def load_all() -> None:
     """Import every rule module so that the registry is complete."""
-    from eeonnx.rules import elementwise, indexing, linear, recurrent, reduce, shape, spatial  # noqa: F401
-    from eeonnx.rules import contrib  # noqa: F401
+    from eeonnx.compiler.rules import elementwise, indexing, linear, recurrent, reduce, shape, spatial  # noqa: F401
+    from eeonnx.compiler.rules import contrib  # noqa: F401
 
 
 load_all()

@@ -21,9 +21,9 @@ caches) fall to ``NodeView.finish`` and stay public.
 """
 from __future__ import annotations
 
-from eeonnx import layout as L
-from eeonnx.rules import NodeView, rule
-from eeonnx.rules.elementwise import broadcast
+from eeonnx.compiler import layout as L
+from eeonnx.compiler.rules import NodeView, rule
+from eeonnx.compiler.rules.elementwise import broadcast
 
 MS = "com.microsoft"
 

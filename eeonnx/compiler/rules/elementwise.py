@@ -6,7 +6,7 @@ is broadcast carries nothing, every other aligned axis is tied to the output.
 """
 from __future__ import annotations
 
-from eeonnx.rules import NodeView, rule
+from eeonnx.compiler.rules import NodeView, rule
 
 VALUE_PRESERVING = ("Identity", "Cast", "CastLike")  # integer values pass unchanged
 UNARY = (

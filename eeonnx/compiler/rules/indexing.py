@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eeonnx import layout as L
-from eeonnx.rules import NodeView, rule
+from eeonnx.compiler import layout as L
+from eeonnx.compiler.rules import NodeView, rule
 
 TIES = "ties between equal values resolve by position (first/last index), which a permutation changes"
 

@@ -6,8 +6,8 @@ one operand a weight, this is ``W' = P_out W P_in^T`` folded into the weight.
 """
 from __future__ import annotations
 
-from eeonnx.rules import NodeView, rule
-from eeonnx.rules.elementwise import broadcast
+from eeonnx.compiler.rules import NodeView, rule
+from eeonnx.compiler.rules.elementwise import broadcast
 
 
 @rule("Gemm", mixes=True)

@@ -25,8 +25,8 @@ first in the state tensors.
 """
 from __future__ import annotations
 
-from eeonnx import layout as L
-from eeonnx.rules import NodeView, rule
+from eeonnx.compiler import layout as L
+from eeonnx.compiler.rules import NodeView, rule
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 SEQ_REASON = "the recurrence reads the sequence axis in order"

@@ -1,7 +1,7 @@
 """Reductions: reducing over a whole axis is invariant to permuting that axis."""
 from __future__ import annotations
 
-from eeonnx.rules import NodeView, rule
+from eeonnx.compiler.rules import NodeView, rule
 
 REDUCE = (
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd",
@@ -35,7 +35,7 @@ def reduce(n: NodeView) -> None:
 def layer_norm(n: NodeView) -> None:
     """Normalises over axes [axis:] (symmetric statistics): Y follows X, Scale and
     B broadcast onto the normalised axes, Mean/InvStdDev keep the leading axes."""
-    from eeonnx.rules.elementwise import broadcast
+    from eeonnx.compiler.rules.elementwise import broadcast
 
     x, y = n.x(0), n.y(0)
     n.tie(x, y)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from eeonnx import layout as L
-from eeonnx.rules import NodeView, rule
+from eeonnx.compiler import layout as L
+from eeonnx.compiler.rules import NodeView, rule
 
 
 def _factor(d) -> tuple[int, Counter] | None:

@@ -7,8 +7,8 @@ input, weight and output, and each side permutes within its groups.
 from __future__ import annotations
 
 
-from eeonnx import layout as L
-from eeonnx.rules import NodeView, rule
+from eeonnx.compiler import layout as L
+from eeonnx.compiler.rules import NodeView, rule
 
 
 @rule("Conv", mixes=True)
