@@ -4,7 +4,7 @@
 
 For each model: compile (default options, fresh key) into a temporary
 directory, then time plain vs server interleaved on the same ONNX Runtime
-settings (see eeonnx/bench.py). Also builds one mid-size CNN (ResNet-like
+settings (see eeonnx/client/bench.py). Also builds one mid-size CNN (ResNet-like
 stages at 64..256 channels on 112x112) so that latencies are not dominated by
 per-call overhead. The table and a description of the machine are written
 as Markdown.

@@ -107,7 +107,7 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
       out/cnn/client/manifest.json   I/O mapping, layouts, coverage
     """
     from eeonnx.compiler import report
-    from eeonnx.client.client import compile as compile_model
+    from eeonnx.compiler.api import compile as compile_model
     from eeonnx.client.verify import verify
 
     t0 = time.perf_counter()
@@ -155,7 +155,7 @@ def check(model, as_json, spec, dims):
     Exit code 2 when some op is not supported.
     """
     from eeonnx.compiler import report
-    from eeonnx.client.client import check as analyze
+    from eeonnx.compiler.api import check as analyze
 
     comp = analyze(model, dims=_dims(dims))
     rep = report.check_report(comp)
@@ -216,7 +216,7 @@ def run(out, inputs, save, provider):
     import numpy as np
 
     from eeonnx.server import runtime
-    from eeonnx.client.client import Client, Server
+    from eeonnx import Client, Server
 
     feeds = {}
     for item in inputs:
@@ -267,7 +267,7 @@ def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, s
       eeonnx generate out/gpt2 --prompt "Hello" --temperature 0.8 --top-k 40 --seed 0
     """
     from eeonnx.server import runtime
-    from eeonnx.client.client import Client, Server
+    from eeonnx import Client, Server
 
     client = Client(out)
     tokenizer = None

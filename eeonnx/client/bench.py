@@ -24,7 +24,7 @@ def _stats(samples: list[float]) -> dict:
 
 def bench_model(model: str, out: str, *, provider: str = "cpu", iters: int = 50, warmup: int = 5,
                 dims: dict | None = None, seed: int = 0) -> dict:
-    from eeonnx.client.client import Client, Server
+    from eeonnx import Client, Server
 
     providers = runtime.providers_for(None, provider)
     plain = runtime.session(model, providers)
@@ -66,7 +66,7 @@ def bench_model(model: str, out: str, *, provider: str = "cpu", iters: int = 50,
 def bench_generate(model: str, out: str, *, prompt_len: int = 16, new_tokens: int = 32,
                    provider: str = "cpu", repeats: int = 5) -> dict:
     """Tokens/s of prefill and decode, plain (original model, same KV loop) vs encrypted."""
-    from eeonnx.client.client import Client, Server
+    from eeonnx import Client, Server
     from eeonnx.client.generate import generate
 
     client = Client(out)

@@ -12,13 +12,11 @@ import os
 import numpy as np
 import onnx
 
+from eeonnx.client.client import Client
 from eeonnx.server import runtime
+from eeonnx.server.runtime import NP_TYPES
+from eeonnx.server.session import Server
 
-NP_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
-}
 
 
 def random_feeds(session, dims: dict[str, int] | None, rng: np.random.Generator,
@@ -56,8 +54,6 @@ def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def verify(original, out_dir: str, trials: int = 3, dims=None, seed: int = 0, providers=None) -> dict[str, float]:
-    from eeonnx.client.client import Client, Server
-
     src = original.SerializeToString() if isinstance(original, onnx.ModelProto) else os.fspath(original)
     plain = runtime.session(src, providers or ["CPUExecutionProvider"])
     client = Client(out_dir)

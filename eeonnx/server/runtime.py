@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import onnxruntime as ort
+
+# ONNX Runtime's type strings -> numpy dtypes, for the tensors a session takes
+NP_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
 
 
 def session_options() -> ort.SessionOptions:

@@ -1,0 +1,35 @@
+"""The compiler's Python API: compile a model into an artifact, or analyse it without writing."""
+from __future__ import annotations
+
+import os
+
+from eeonnx.compiler import pipeline
+
+
+def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
+            split="auto", min_key_bits=128.0, split_at=(), allow_weak=(), tokenizer=None,
+            server_state=True, quiet=True) -> pipeline.Compilation:
+    """Compile ``model`` (path or ModelProto) into the artifact directory ``out``.
+
+    ``key``: path of a key.json to reuse (same key + same model = same artifact).
+    ``dims``: {symbol: size} for symbolic dims the analysis needs fixed.
+    ``split``: "auto" moves weak boundary layers to the client until every
+    crossing content tensor has ``min_key_bits``; "none" keeps the boundary
+    at the model's inputs/outputs (weak ones refused unless in ``allow_weak``);
+    ``split_at``: tensor names to cut at by hand ("in:NAME" / "out:NAME").
+    ``tokenizer``: a Hugging Face tokenizer.json; writes client/tokenizer.json
+    whose ids are the encrypted ids.
+    ``server_state=False`` treats past/present (KV cache) tensors as ordinary
+    inputs/outputs that go through encode/decode (the client holds the cache).
+    ``quiet=False`` shows progress while large weights are written.
+    Raises eeonnx.errors.EEError subclasses on refusal.
+    """
+    return pipeline.compile_model(model, os.fspath(out), key=key, dims=dims, strict=strict,
+                                  force=force, allow_clear=allow_clear, split_mode=split,
+                                  min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak,
+                                  tokenizer=tokenizer, server_state=server_state, progress=not quiet)
+
+
+def check(model, *, dims=None) -> pipeline.Compilation:
+    """Analyse ``model`` without writing anything (``.spec()``, ``.pins()``, ``.unsupported``)."""
+    return pipeline.analyze(model, dims=dims)
