@@ -46,6 +46,10 @@ class ShapeError(EEError):
     """A shape the analysis needs could not be resolved."""
 
 
+class ArtifactMismatchError(EEError):
+    """A client and a server model that do not belong to the same compile (artifact ids differ)."""
+
+
 class VerifyError(EEError):
     """Decoded outputs differ from the original's (CLI exit code 1)."""
 
