@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from eeonnx.server import runtime
-from eeonnx.client.verify import random_feeds
+from eeonnx.client.verify import plain_session, random_feeds
 
 
 def _stats(samples: list[float]) -> dict:
@@ -27,7 +27,7 @@ def bench_model(model: str, out: str, *, provider: str = "cpu", iters: int = 50,
     from eeonnx import Client, Server
 
     providers = runtime.providers_for(None, provider)
-    plain = runtime.session(model, providers)
+    plain = plain_session(model, providers)
     server = Server(os.path.join(out, "server", "model.onnx"), providers)
     client = Client(out)
     feeds = random_feeds(plain, dims, np.random.default_rng(seed))

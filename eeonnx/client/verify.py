@@ -17,6 +17,39 @@ from eeonnx.server import runtime
 from eeonnx.server.runtime import NP_TYPES
 from eeonnx.server.session import Server
 
+PROTO_LIMIT = 2**31 - 1  # protobuf's limit on one serialized model
+
+
+def plain_session(original, providers=None):
+    """An ORT session for the ORIGINAL model (a path or a ModelProto).
+
+    ONNX Runtime refuses some external-data files its own shape inference
+    cannot read (a Reshape target stored externally: "Cannot parse data from
+    external tensors"); such a model is loaded with its data and handed over
+    in memory, or, above protobuf's 2 GB, re-saved into a temporary directory
+    with small tensors inline (kept alive as ``session._eeonnx_tmp``)."""
+    import onnxruntime as ort
+
+    providers = providers or ["CPUExecutionProvider"]
+    if isinstance(original, onnx.ModelProto):
+        return runtime.session(original.SerializeToString(), providers)
+    path = os.fspath(original)
+    try:
+        return runtime.session(path, providers)
+    except ort.capi.onnxruntime_pybind11_state.Fail as e:
+        if "external" not in str(e).lower():
+            raise
+    proto = onnx.load(path)  # with its external data
+    if proto.ByteSize() < PROTO_LIMIT:
+        return runtime.session(proto.SerializeToString(), providers)
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="eeonnx-plain-")
+    copy = os.path.join(tmp.name, "model.onnx")
+    onnx.save(proto, copy, save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+    sess = runtime.session(copy, providers)
+    sess._eeonnx_tmp = tmp
+    return sess
 
 
 def random_feeds(session, dims: dict[str, int] | None, rng: np.random.Generator,
@@ -54,8 +87,7 @@ def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def verify(original, out_dir: str, trials: int = 3, dims=None, seed: int = 0, providers=None) -> dict[str, float]:
-    src = original.SerializeToString() if isinstance(original, onnx.ModelProto) else os.fspath(original)
-    plain = runtime.session(src, providers or ["CPUExecutionProvider"])
+    plain = plain_session(original, providers)
     client = Client(out_dir)
     server = Server(os.path.join(out_dir, "server", "model.onnx"), providers or ["CPUExecutionProvider"])
     names = [o.name for o in plain.get_outputs()]

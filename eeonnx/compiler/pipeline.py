@@ -179,6 +179,7 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_
     m = load.load_model(model)
     comp = Compilation(model=m, key=key or Key.generate(), source=source, allow_clear=tuple(allow_clear))
     comp.had_external_data = _uses_external_data(m)
+    load.inline_small_external(m)  # shape inference sees it exactly as the inline model
     comp.original_nodes = len(m.graph)
     comp.original_infos = boundary.value_infos(m)
     normalize.NormalizePass(dims)(m)

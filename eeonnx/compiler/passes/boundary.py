@@ -217,11 +217,25 @@ def _subgraph_model(full: onnx.ModelProto, name: str, nodes, inputs, outputs, ex
     return model
 
 
+def serialize_self_contained(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as a proto whose tensors all hold their data: an external-data
+    initializer (still a reference into the source's data file, e.g. an
+    unpermuted weight) is read into the proto, so the graphs cut from it
+    (encode, decode, server) never point at a file their directory lacks;
+    emit decides afresh which of them go to a data file of their own."""
+    full = ir.serde.serialize_model(model)
+    for tensor in full.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            value = model.graph.initializers[tensor.name].const_value
+            tensor.CopyFrom(numpy_helper.from_array(value.numpy(), tensor.name))
+    return full
+
+
 def build_split(comp, model: ir.Model, plan) -> None:
     """Server = the nodes between the cut; encode = input gathers + client prefix;
     decode = client suffix + output gathers. Client layers run the folded weights,
     so wire tensors leave them already in the server's layout."""
-    full = ir.serde.serialize_model(model)
+    full = serialize_self_contained(model)
     infos = {vi.name: vi for vi in list(full.graph.value_info) + list(full.graph.input) + list(full.graph.output)}
     by_name = {v.name: v for v in model.graph.inputs}
     by_name.update({o.name: o for n in model.graph for o in n.outputs})

@@ -73,6 +73,17 @@ def emit(comp, out: str, force: bool, progress: bool = False) -> None:
         raise
 
 
+def save_client_graph(proto: onnx.ModelProto, path: str) -> None:
+    """Write a client graph self-contained: its weights inline, or, above
+    EXTERNAL_DATA_THRESHOLD, in its own data file next to it (``encode.onnx.data``).
+    The proto must hold all its data (see boundary.serialize_self_contained)."""
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if weights > EXTERNAL_DATA_THRESHOLD:
+        onnx.save(proto, path, save_as_external_data=True, location=os.path.basename(path) + ".data")
+    else:
+        onnx.save(proto, path)
+
+
 def _write(comp, root: str, progress: bool = False) -> None:
     server_dir, client_dir = os.path.join(root, "server"), os.path.join(root, "client")
     os.makedirs(server_dir)
@@ -89,8 +100,8 @@ def _write(comp, root: str, progress: bool = False) -> None:
                 callback=bar.tensor_written if bar else None)
         if bar:
             bar.close()
-    onnx.save(comp.encode_model, os.path.join(client_dir, "encode.onnx"))
-    onnx.save(comp.decode_model, os.path.join(client_dir, "decode.onnx"))
+    save_client_graph(comp.encode_model, os.path.join(client_dir, "encode.onnx"))
+    save_client_graph(comp.decode_model, os.path.join(client_dir, "decode.onnx"))
     write_key(comp.key, os.path.join(client_dir, "key.json"))
     if comp.tokenizer is not None:
         with open(os.path.join(client_dir, "tokenizer.json"), "w", encoding="utf-8") as f:

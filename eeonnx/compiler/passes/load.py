@@ -2,7 +2,13 @@
 
 Invariant: on success the result is an ir.Model whose initializers are lazy
 (nothing is copied into memory until a pass asks for a tensor's values);
-on failure an EEError says what is wrong with the file.
+``inline_small_external`` (run by the pipeline right after loading) reads
+external-data tensors of at most ``SMALL_EXTERNAL_BYTES`` into memory: ONNX's
+C shape inference and constant folding read small constants (Reshape
+targets, Slice bounds) from the proto, where an external reference without
+its base directory is unreadable; so an external-data model is analysed
+exactly like the same model saved inline.
+On failure an EEError says what is wrong with the file.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import onnx
 import onnx_ir as ir
 
 from eeonnx.errors import ModelLoadError
+
+SMALL_EXTERNAL_BYTES = 4096  # above onnx_ir's 1000-byte limit for tensors kept in shape-inference protos
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Model:
@@ -42,3 +50,15 @@ def _nonempty(model: ir.Model, where: str) -> ir.Model:
         raise ModelLoadError(f"{where}: not an ONNX model (it parsed to an empty graph); "
                              "check that the file is a complete .onnx export")
     return model
+
+
+def inline_small_external(model: ir.Model, limit: int = SMALL_EXTERNAL_BYTES) -> int:
+    """Replace external-data initializers of at most ``limit`` bytes by in-memory
+    copies (same name, dtype, shape and values); returns how many were replaced."""
+    count = 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= limit:
+            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+            count += 1
+    return count
