@@ -32,6 +32,21 @@ def _read(path):
         return f.read()
 
 
+def _server_without_id(path):
+    """The server model's bytes less its artifact id (random per compile, by design)."""
+    m = onnx.load(path)
+    props = {p.key: p.value for p in m.metadata_props}
+    assert len(props.pop("eeonnx.artifact_id")) == 32
+    del m.metadata_props[:]
+    return m.SerializeToString(), props
+
+
+def _same_artifact(a, b, rel):
+    if rel == "server/model.onnx":
+        return _server_without_id(a / rel) == _server_without_id(b / rel)
+    return _read(a / rel) == _read(b / rel)
+
+
 def _inits(path):
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
 
@@ -57,14 +72,18 @@ def test_same_key_file_reproduces_the_artifact(model, tmp_path):
     fourth = tmp_path / "fourth"  # from memory: same files, only the manifest's "source" differs
     compile_plain(model, fourth, key=key_file)
     for rel in ARTIFACT_FILES[:3] + ARTIFACT_FILES[4:]:
-        assert _read(fourth / rel) == _read(first / "out" / rel), rel
-    m1 = json.loads(_read(first / "out" / "client" / "manifest.json"))
-    m4 = json.loads(_read(fourth / "client" / "manifest.json"))
-    assert {k: v for k, v in m1.items() if k != "source"} == {k: v for k, v in m4.items() if k != "source"}
-    for rel in ARTIFACT_FILES:
-        a = _read(first / "out" / rel)
-        assert _read(second / rel) == a, rel
-        assert _read(third / rel) == a, rel
+        assert _same_artifact(fourth, first / "out", rel), rel
+    # the manifests differ in the artifact id (new per compile) and in the server file's digest
+    # (it holds the id), and the one from memory names no source file
+    volatile = {"source", "artifact_id", "server"}
+    manifests = [json.loads(_read(d / "client" / "manifest.json")) for d in (first / "out", second, third, fourth)]
+    assert len({m["artifact_id"] for m in manifests}) == 4
+    for m in manifests[1:]:
+        assert {k: v for k, v in m.items() if k not in volatile} == \
+            {k: v for k, v in manifests[0].items() if k not in volatile}
+    for rel in ARTIFACT_FILES[:3] + ARTIFACT_FILES[4:]:
+        assert _same_artifact(second, first / "out", rel), rel
+        assert _same_artifact(third, first / "out", rel), rel
     assert comp.key.fingerprint() == json.loads(_read(second / "client" / "manifest.json"))["key_fingerprint"]
 
 

@@ -30,10 +30,11 @@ def bench_model(model: str, out: str, *, provider: str = "cpu", iters: int = 50,
     plain = plain_session(model, providers)
     server = Server(os.path.join(out, "server", "model.onnx"), providers)
     client = Client(out)
+    client.check_server(server)
     feeds = random_feeds(plain, dims, np.random.default_rng(seed))
     enc = client.encode({n: feeds[n] for n in client.input_names})
     # state (KV cache) bypasses encode; random values time the same
-    enc.update({s["input"]: feeds[s["input"]] for s in client.manifest.get("state", [])})
+    enc.update({s.get("server_input", s["input"]): feeds[s["input"]] for s in client.manifest.get("state", [])})
     for _ in range(warmup):
         plain.run(None, feeds)
         server.run(enc)
@@ -87,6 +88,12 @@ def bench_generate(model: str, out: str, *, prompt_len: int = 16, new_tokens: in
 
         def input_dtypes(self):
             return self.inner.input_dtypes()
+
+        def check_server(self, server):
+            pass  # the plain model is not an artifact
+
+        def state_pairs(self):
+            return self.manifest.get("state", [])  # the original's names
 
         def encode(self, feeds):
             return feeds

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from eeonnx.errors import ArtifactMismatchError
 from eeonnx.server import runtime
 from eeonnx.server.session import Server
 
@@ -25,6 +26,27 @@ class Client:
         self.server_inputs = self.manifest["server_inputs"]
         self.server_outputs = self.manifest["server_outputs"]
 
+    @property
+    def artifact_id(self) -> str | None:
+        return self.manifest.get("artifact_id")
+
+    def check_server(self, server) -> None:
+        """Refuse a server whose model is not this client's compile (artifact ids differ).
+
+        Works with anything that has an ``artifact_id`` (Server, RemoteServer); a
+        client from before artifact ids (no id in the manifest) checks nothing."""
+        want = self.artifact_id
+        got = getattr(server, "artifact_id", None)
+        if want is not None and got != want:
+            raise ArtifactMismatchError(
+                f"server model has artifact id {got or '(none)'} but the client in {self.out_dir} expects {want}: "
+                f"they come from different compiles; use the server/model.onnx written with this client/")
+
+    def state_pairs(self) -> list[dict]:
+        """The manifest's state pairs in the server's names (what ``Server.initial_state`` takes)."""
+        return [{**s, "input": s.get("server_input", s["input"]), "output": s.get("server_output", s["output"])}
+                for s in self.manifest.get("state", [])]
+
     def encode(self, inputs: dict) -> dict:
         """Original inputs (by name) -> server inputs (by server input name)."""
         missing = [n for n in self.input_names if n not in inputs]
@@ -39,7 +61,8 @@ class Client:
         return dict(zip(self.output_names, self._dec.run(None, feeds)))
 
     def infer(self, server: Server, inputs: dict) -> dict:
-        """encode -> server.run -> decode."""
+        """encode -> server.run -> decode (after checking the server's artifact id)."""
+        self.check_server(server)
         return self.decode(server.run(self.encode(inputs)))
 
     # -- generation -------------------------------------------------------------

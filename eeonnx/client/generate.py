@@ -56,7 +56,8 @@ def generate(client, server, prompt_ids, *, max_new_tokens: int = 20, temperatur
     dtypes = client.input_dtypes()
     rng = np.random.default_rng(seed)
     ids = np.asarray(prompt_ids, dtype=dtypes[token_input]).reshape(1, -1)
-    state = server.initial_state(client.manifest.get("state", []), batch=1)
+    client.check_server(server)
+    state = server.initial_state(client.state_pairs(), batch=1)
     stateful = bool(state)
     past, new = 0, ids
     history = ids

@@ -90,18 +90,21 @@ def verify(original, out_dir: str, trials: int = 3, dims=None, seed: int = 0, pr
     plain = plain_session(original, providers)
     client = Client(out_dir)
     server = Server(os.path.join(out_dir, "server", "model.onnx"), providers or ["CPUExecutionProvider"])
+    client.check_server(server)
     names = [o.name for o in plain.get_outputs()]
     rng = np.random.default_rng(seed)
     worst = {n: 0.0 for n in names}
-    state = {s["input"]: s["axis"] for s in client.manifest.get("state", [])}
-    state_out = {s["output"] for s in client.manifest.get("state", [])}
+    pairs = client.manifest.get("state", [])
+    state = {s["input"]: s["axis"] for s in pairs}  # original names (the plain model's feeds)
+    state_out = {s["output"] for s in pairs}
+    to_server = {s["input"]: s.get("server_input", s["input"]) for s in pairs}
     names = [n for n in names if n not in state_out]  # the cache stays in the server's layout
     for _ in range(trials):
         # a model with a server-side cache is checked from an empty cache, the first call
         feeds = random_feeds(plain, dims, rng, empty=state)
         ref = dict(zip([o.name for o in plain.get_outputs()], plain.run(None, feeds)))
         served = server.run({**client.encode({n: feeds[n] for n in client.input_names}),
-                             **{n: feeds[n] for n in state}})
+                             **{to_server[n]: feeds[n] for n in state}})
         got = client.decode(served)
         for n in names:
             worst[n] = max(worst[n], rel_err(ref[n], got[n]))

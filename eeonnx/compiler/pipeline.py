@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,8 @@ class Compilation:
     outputs: list = field(default_factory=list)
     encode_model: onnx.ModelProto | None = None
     decode_model: onnx.ModelProto | None = None
+    artifact_id: str = field(default_factory=lambda: secrets.token_hex(16))  # random, new per compile
+    server_names: dict = field(default_factory=dict)  # original graph I/O name -> server name (if renamed)
 
     # -- views -----------------------------------------------------------------
     def show(self, t: L.Term) -> str:
@@ -77,7 +80,7 @@ class Compilation:
 
     def _server_io(self, kind: str) -> list[str]:
         """Non-state server inputs/outputs in order (what encode feeds / decode reads)."""
-        state = {s.input for s in self.state} | {s.output for s in self.state}
+        state = {self.server_name(n) for s in self.state for n in (s.input, s.output)}
         if self.server_proto is not None:
             g = self.server_proto.graph
             values = [v.name for v in (g.input if kind == "input" else g.output)]
@@ -85,6 +88,15 @@ class Compilation:
             g = self.model.graph
             values = [v.name for v in (g.inputs if kind == "input" else g.outputs)]
         return [n for n in values if n not in state]
+
+    def server_name(self, name: str) -> str:
+        """The server model's name for an original graph input/output (state included)."""
+        return self.server_names.get(name, name)
+
+    def server_state(self) -> list[dict]:
+        """State pairs in the server's names: what server/model.onnx carries as ``eeonnx.state``."""
+        return [{"input": self.server_name(s.input), "output": self.server_name(s.output), "axis": s.axis,
+                 "dtype": s.dtype, "shape": s.shape, "empty_shape": s.empty_shape()} for s in self.state]
 
     def pins(self) -> list[dict]:
         """Weight axes pinned to the identity by some node, one entry per (node, reason)."""
@@ -106,6 +118,7 @@ class Compilation:
         return {
             "format": "eeonnx-artifact/1",
             "eeonnx_version": __version__,
+            "artifact_id": self.artifact_id,
             "source": os.path.basename(self.source),
             "key_fingerprint": self.key.fingerprint(),
             "server": {"path": "server/model.onnx", "sha256": _sha256(server_path)},
@@ -118,8 +131,10 @@ class Compilation:
             "split": self.split.summary() if self.split is not None else None,
             "inputs": [crossing(c) for c in self.inputs],
             "outputs": [crossing(c) for c in self.outputs],
-            "state": [{"input": s.input, "output": s.output, "axis": s.axis, "dtype": s.dtype,
-                       "shape": s.shape, "empty_shape": s.empty_shape()} for s in self.state],
+            "state": [{"input": s.input, "output": s.output,
+                       "server_input": self.server_name(s.input), "server_output": self.server_name(s.output),
+                       "axis": s.axis, "dtype": s.dtype, "shape": s.shape, "empty_shape": s.empty_shape()}
+                      for s in self.state],
             "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)}
                         for c in self.classes.values()],
             "key_bits": round(self.key_bits, 1),

@@ -2,9 +2,12 @@
 
 Invariant: nothing here reads a key or a client file; the only inputs are the
 server model and the tensors the client sends (see tests/test_trust_boundary.py).
+What the server knows about its artifact (its id, its state pairs) comes from
+the server model's own metadata: ``eeonnx.artifact_id`` and ``eeonnx.state``.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -19,6 +22,11 @@ class Server:
         self.session = runtime.session(os.fspath(path), providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.artifact_id: str | None = meta.get("eeonnx.artifact_id")
+        """The compile's random id (None for a model eeonnx did not write)."""
+        self.state_pairs: list[dict] = json.loads(meta.get("eeonnx.state", "[]"))
+        """Server-side state pairs in this model's names: input, output, axis, dtype, shape, empty_shape."""
 
     def run(self, feeds: dict) -> dict:
         return dict(zip(self.output_names, self.session.run(None, feeds)))

@@ -7,6 +7,12 @@ at any point leaves OUT as it was and no temporary directory behind.
 
 Layout: OUT/server/model.onnx (+ model.onnx.data for large models),
 OUT/client/{encode.onnx, decode.onnx, key.json (0600), manifest.json}.
+
+The server model's only metadata (``metadata_props``) is what server-side
+code needs, and nothing that names the original: ``eeonnx.artifact_id`` (the
+compile's random id, also in the manifest, checked by the client) and
+``eeonnx.state`` (JSON list of the state pairs in the server's names); no
+producer, version, domain or doc string.
 """
 from __future__ import annotations
 
@@ -53,6 +59,33 @@ def _signals_as_exceptions():
         signal.signal(signal.SIGTERM, old)
 
 
+ARTIFACT_ID_PROP = "eeonnx.artifact_id"
+STATE_PROP = "eeonnx.state"
+
+
+def server_metadata(comp) -> dict[str, str]:
+    return {ARTIFACT_ID_PROP: comp.artifact_id, STATE_PROP: json.dumps(comp.server_state())}
+
+
+def stamp_proto(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Replace the model-level metadata of a ModelProto by ``props`` (producer, docs dropped)."""
+    for f in ("producer_name", "producer_version", "domain", "doc_string", "model_version"):
+        model.ClearField(f)
+    model.graph.ClearField("doc_string")
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def stamp_ir(model: ir.Model, props: dict[str, str]) -> None:
+    """The same for an onnx_ir Model."""
+    model.producer_name = model.producer_version = model.domain = model.doc_string = None
+    model.model_version = None
+    model.graph.doc_string = None
+    model.metadata_props.clear()
+    model.metadata_props.update(props)
+
+
 def emit(comp, out: str, force: bool, progress: bool = False) -> None:
     check_target(out, force)
     parent = os.path.dirname(os.path.abspath(out)) or "."
@@ -91,10 +124,13 @@ def _write(comp, root: str, progress: bool = False) -> None:
     os.chmod(client_dir, 0o700)
     server_path = os.path.join(server_dir, "model.onnx")
     external = comp.weight_bytes > EXTERNAL_DATA_THRESHOLD or comp.had_external_data
+    props = server_metadata(comp)
     if comp.server_proto is not None:  # client split: the server is a subgraph
+        stamp_proto(comp.server_proto, props)
         onnx.save(comp.server_proto, server_path, save_as_external_data=external,
                   location="model.onnx.data")
     else:
+        stamp_ir(comp.model, props)
         bar = Progress(comp.weight_bytes) if progress and external else None
         ir.save(comp.model, server_path, external_data="model.onnx.data" if external else None,
                 callback=bar.tensor_written if bar else None)
