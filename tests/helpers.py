@@ -457,6 +457,28 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     return comp
 
 
+def same_artifact_file(a, b, rel: str) -> bool:
+    """Artifact file ``rel`` of directories a and b is the same, less what is random per compile
+    by design: the server model's ``eeonnx.artifact_id`` and, in the manifest, that id and the
+    server file's digest (which covers the id)."""
+    a, b = Path(a) / rel, Path(b) / rel
+    if rel.endswith("model.onnx"):
+        ma, mb = onnx.load(a), onnx.load(b)
+        for m in (ma, mb):
+            props = [p for p in m.metadata_props if p.key != "eeonnx.artifact_id"]
+            assert len(props) == len(m.metadata_props) - 1, f"{rel} has no artifact id"
+            del m.metadata_props[:]
+            m.metadata_props.extend(props)
+        return ma.SerializeToString() == mb.SerializeToString()
+    if rel.endswith("manifest.json"):
+        ja, jb = (json.loads(p.read_text(encoding="utf-8")) for p in (a, b))
+        assert ja["artifact_id"] != jb["artifact_id"], "two compiles share an artifact id"
+        for j in (ja, jb):
+            del j["artifact_id"], j["server"]["sha256"]
+        return ja == jb
+    return a.read_bytes() == b.read_bytes()
+
+
 # --------------------------------------------------------------------------
 # spec helpers
 # --------------------------------------------------------------------------
