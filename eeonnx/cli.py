@@ -343,5 +343,29 @@ def bench(model, out, provider, iters, dims, gen, as_json):
         click.echo(f"  encrypted/plain: prefill {g['ratio_prefill']:.3f}, decode {g['ratio_decode']:.3f}")
 
 
+@main.command("rekey")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("-o", "--out2", "out2", required=True, type=click.Path(path_type=str),
+              help="Directory for the re-keyed artifact (OUT stays as it was).")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT2 (atomically).")
+def rekey_cmd(out, out2, force):
+    """Give the artifact OUT a fresh key: re-fold its weights from client/rekey.json
+    (no original model, no re-analysis) into OUT2, with a new key.json and artifact id.
+
+    Rotation helps against a server (or node) that never saw OUT; a server
+    that keeps both server models can link them (same weights, two orders).
+
+    \b
+    Example:
+      eeonnx rekey out/cnn -o out/cnn-2
+    """
+    from eeonnx.compiler.rekey import rekey
+
+    t0 = time.perf_counter()
+    r = rekey(out, out2, force=force)
+    click.echo(f"re-keyed {out} -> {r['out']} in {time.perf_counter() - t0:.2f} s: {r['classes']} classes, "
+               f"{r['tensors']} tensors re-folded; key {r['old_key']} -> {r['new_key']}")
+
+
 if __name__ == "__main__":
     main()

@@ -142,6 +142,9 @@ def _write(comp, root: str, progress: bool = False) -> None:
     if comp.tokenizer is not None:
         with open(os.path.join(client_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
             json.dump(comp.tokenizer, f, ensure_ascii=False)
+    from eeonnx.compiler import rekey
+
+    rekey.write_record(comp, client_dir)  # client/rekey.json: what `eeonnx rekey` needs
     manifest = comp.manifest(server_path)
     with open(os.path.join(client_dir, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)

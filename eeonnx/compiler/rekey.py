@@ -1,0 +1,308 @@
+"""rekey: give an artifact a fresh key by re-folding its weights, without the original model.
+
+At compile time :func:`record` saves, on the client side only
+(``client/rekey.json``, 0600), what a re-key needs:
+
+- every secret class: display name, derivation label, size, group and its
+  current permutation (the whole ``client/`` directory is key material
+  already: encode.onnx holds the same index arrays);
+- per file (``server/model.onnx``, ``client/encode.onnx``,
+  ``client/decode.onnx``), per initializer that a class touches, either
+  ``fold``: the layout term of each axis (the tensor is the plain one taken
+  along each axis by the materialized term), or ``index``: the tensor *is*
+  an index array, ``materialize(term)`` or its inverse (the boundary
+  gathers and id maps).
+
+:func:`rekey` draws new permutations from a new key and, per axis, takes
+the server's tensor by ``q = argsort(p_old)[p_new]``, so
+``W.take(p_old).take(q) == W.take(p_new)``: no analysis and no plain
+weights are needed, only the artifact. Index arrays are rebuilt from their
+terms, after checking that the old ones match the record (a modified
+artifact is refused). The encrypted tokenizer is re-mapped the same way.
+
+Invariants: the output is written atomically (a temp sibling renamed to
+OUT2; nothing half-written); the re-keyed artifact computes the same
+function as the old one; no class keeps its old permutation (new ones are
+drawn from the new key's secret, uniformly among the others; the labels
+used are recorded, so a later re-key starts from the record again);
+a class that is not a plain permutation (``group`` other than
+"permutation") is refused with :class:`RekeyError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from eeonnx.compiler import layout as L
+from eeonnx.compiler.keys import Key, write_key
+from eeonnx.errors import EEError
+
+FORMAT = "eeonnx-rekey/1"
+RECORD = "rekey.json"
+SERVER, ENCODE, DECODE = "server/model.onnx", "client/encode.onnx", "client/decode.onnx"
+
+
+class RekeyError(EEError):
+    """The artifact cannot be re-keyed (no record, a modified file, a class that is not a permutation)."""
+
+
+# -- terms as JSON ---------------------------------------------------------------
+def term_json(t: L.Term, names: dict[int, str]):
+    """{"p": n} public, {"c": name} a class, {"cat": [...]}, {"kron": [...]}; unnamed classes are public."""
+    t = L.resolve(t)
+    if isinstance(t, L.Var):
+        return {"c": names[t.uid]} if t.pin is None and t.uid in names else {"p": t.size}
+    if isinstance(t, L.Cat):
+        return {"cat": [term_json(p, names) for p in t.parts]}
+    if isinstance(t, L.Kron):
+        return {"kron": [term_json(f, names) for f in t.factors]}
+    return {"p": t.size}
+
+
+def materialize_json(t, perms: dict[str, np.ndarray], sizes: dict[str, int]) -> np.ndarray:
+    """The index array of a JSON term (same convention as layout.materialize)."""
+    if "p" in t:
+        return np.arange(int(t["p"]), dtype=np.int64)
+    if "c" in t:
+        return np.asarray(perms[t["c"]], dtype=np.int64)
+    if "cat" in t:
+        out, off = [], 0
+        for part in t["cat"]:
+            p = materialize_json(part, perms, sizes)
+            out.append(p + off)
+            off += p.size
+        return np.concatenate(out)
+    idx = np.zeros(1, dtype=np.int64)
+    for f in t["kron"]:
+        p = materialize_json(f, perms, sizes)
+        idx = (idx[:, None] * p.size + p[None, :]).reshape(-1)
+    return idx
+
+
+def _classes_in(t, out: set[str]) -> set[str]:
+    if "c" in t:
+        out.add(t["c"])
+    for part in t.get("cat", []) + t.get("kron", []):
+        _classes_in(part, out)
+    return out
+
+
+# -- the record, at compile time ---------------------------------------------------------
+def record(comp) -> dict:
+    """The re-key record of a finished compilation (after boundary; see the module docstring)."""
+    an = comp.analysis
+    names = {uid: c.name for uid, c in comp.classes.items()}
+    classes = [{"name": c.name, "label": c.label, "size": int(c.size),
+                "group": getattr(c, "group", "permutation"),
+                "perm": [int(i) for i in comp.perms.get(uid, np.arange(c.size))]}
+               for uid, c in comp.classes.items()]
+    files: dict[str, dict] = {SERVER: {}, ENCODE: {}, DECODE: {}}
+    in_file = {
+        SERVER: {t.name for t in comp.server_proto.graph.initializer} if comp.server_proto is not None
+        else set(comp.model.graph.initializers),
+        ENCODE: {t.name for t in comp.encode_model.graph.initializer},
+        DECODE: {t.name for t in comp.decode_model.graph.initializer},
+    }
+    for name in comp.weight_index:
+        value = comp.model.graph.initializers[name]
+        entry = {"fold": [term_json(t, names) for t in an.known(value)]}
+        for f, held in in_file.items():
+            if name in held:
+                files[f][name] = entry
+    by_name = {v.name: v for v in list(comp.model.graph.inputs) + list(comp.model.graph.outputs)}
+    for kind, items, f in (("encode", comp.inputs, ENCODE), ("decode", comp.outputs, DECODE)):
+        for i, c in enumerate(items):
+            v = by_name.get(c.name)
+            if v is None:
+                continue
+            terms = an.known(v) or []
+            for axis, p in enumerate(c.index):
+                if p is not None:
+                    files[f][f"{kind}{i}_perm_axis{axis}"] = {"index": term_json(terms[axis], names),
+                                                              "inverse": kind == "decode"}
+            if c.value_index is not None:
+                vt = an.values.secret_term(an.slot(v))
+                files[f][f"{kind}{i}_value_map"] = {"index": term_json(vt, names), "inverse": kind == "encode"}
+    return {"format": FORMAT, "classes": classes, "files": files}
+
+
+def write_record(comp, client_dir: str) -> None:
+    _write_json(os.path.join(client_dir, RECORD), record(comp))
+
+
+# -- re-keying -----------------------------------------------------------------------
+def _write_json(path: str, data) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1 if path.endswith("manifest.json") else None)
+        f.write("\n")
+    os.chmod(path, 0o600)
+
+
+def _draw(key: Key, cls: dict) -> tuple[str, np.ndarray]:
+    """A fresh permutation for the class, uniform over the n! - 1 permutations other than
+    its old one (argsort of SHAKE-256(secret || label || attempt) words, rejection of the old)."""
+    old = np.asarray(cls["perm"], dtype=np.int64)
+    n = cls["size"]
+    base = cls["label"].split("|rekey", 1)[0]
+    for attempt in range(64):
+        label = f"{base}|rekey{attempt}"
+        h = hashlib.shake_256(key.secret + b"\0rekey\0" + label.encode())
+        p = np.argsort(np.frombuffer(h.digest(8 * n), dtype="<u8"), kind="stable").astype(np.int64)
+        if n <= 1 or not np.array_equal(p, old):
+            return label, p
+    raise RekeyError(f"class {cls['name']}: no fresh permutation in 64 draws")  # pragma: no cover
+
+
+def load_record(out: str) -> dict:
+    path = os.path.join(out, "client", RECORD)
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        raise RekeyError(f"{path}: no re-key record (the artifact predates `eeonnx rekey`; recompile it)") from None
+    except (OSError, ValueError) as e:
+        raise RekeyError(f"{path}: unreadable re-key record ({e})") from None
+    if rec.get("format") != FORMAT:
+        raise RekeyError(f"{path}: not a re-key record (expected \"format\": \"{FORMAT}\")")
+    odd = [c for c in rec["classes"] if c.get("group", "permutation") != "permutation"]
+    if odd:
+        raise RekeyError(f"class {odd[0]['name']} is a '{odd[0]['group']}' transform, which rekey cannot "
+                         "re-draw yet; recompile with a new key instead")
+    return rec
+
+
+def _tensor_index(t, inverse: bool, perms, sizes) -> np.ndarray:
+    p = materialize_json(t, perms, sizes)
+    return np.argsort(p) if inverse else p
+
+
+def _rekey_file(path: str, entries: dict, old, new, sizes, rel: str) -> onnx.ModelProto:
+    model = onnx.load(path)
+    present = {t.name: t for t in model.graph.initializer}
+    for name, entry in entries.items():
+        t = present.get(name)
+        if t is None:
+            raise RekeyError(f"{rel}: initializer '{name}' of the re-key record is missing (modified artifact?)")
+        array = numpy_helper.to_array(t)
+        if "index" in entry:
+            want = _tensor_index(entry["index"], entry["inverse"], old, sizes)
+            if array.shape != want.shape or not np.array_equal(array.astype(np.int64), want):
+                raise RekeyError(f"{rel}: '{name}' does not match the re-key record (modified artifact?)")
+            fresh = _tensor_index(entry["index"], entry["inverse"], new, sizes).astype(array.dtype)
+        else:
+            fresh = array
+            for axis, term in enumerate(entry["fold"]):
+                p_old, p_new = (materialize_json(term, perms, sizes) for perms in (old, new))
+                if p_old.size != array.shape[axis]:
+                    raise RekeyError(f"{rel}: '{name}' axis {axis} has size {array.shape[axis]}, "
+                                     f"the record says {p_old.size}")
+                if not np.array_equal(p_old, p_new):
+                    fresh = np.take(fresh, np.argsort(p_old)[p_new], axis=axis)
+        t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(fresh), name))
+    return model
+
+
+def rekey(out: str, out2: str, *, key: Key | None = None, force: bool = False) -> dict:
+    """Re-key the artifact ``out`` into ``out2``; returns a summary (classes, tensors, fingerprints)."""
+    from eeonnx.compiler.passes.emit import check_target
+
+    out, out2 = os.fspath(out), os.fspath(out2)
+    if os.path.abspath(out) == os.path.abspath(out2):
+        raise RekeyError(f"{out2}: write the re-keyed artifact to a new directory (the old one stays valid)")
+    check_target(out2, force)
+    rec = load_record(out)
+    with open(os.path.join(out, "client", "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    new_key = key or Key.generate()
+    sizes = {c["name"]: c["size"] for c in rec["classes"]}
+    old = {c["name"]: np.asarray(c["perm"], dtype=np.int64) for c in rec["classes"]}
+    new, classes = {}, []
+    for c in rec["classes"]:
+        label, p = _draw(new_key, c)
+        new[c["name"]] = p
+        classes.append({**c, "label": label, "perm": [int(i) for i in p]})
+
+    parent = os.path.dirname(os.path.abspath(out2)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".eeonnx-rekey-", dir=parent)
+    try:
+        shutil.copytree(out, os.path.join(tmp, "a"), ignore=shutil.ignore_patterns("budget.json", "*.lock"))
+        root = os.path.join(tmp, "a")
+        artifact_id = secrets.token_hex(16)
+        tensors = 0
+        for rel, entries in rec["files"].items():
+            path = os.path.join(out, rel)
+            model = _rekey_file(path, entries, old, new, sizes, rel)
+            tensors += len(entries)
+            if rel == SERVER:
+                for prop in model.metadata_props:
+                    if prop.key == "eeonnx.artifact_id":
+                        prop.value = artifact_id
+                external = os.path.exists(os.path.join(out, "server", "model.onnx.data"))
+                dst = os.path.join(root, rel)
+                if external:
+                    os.remove(os.path.join(root, "server", "model.onnx.data"))
+                onnx.save(model, dst, save_as_external_data=external, location="model.onnx.data")
+            else:
+                _save_private(model, os.path.join(root, rel))
+        tok = os.path.join(out, "client", "tokenizer.json")
+        if os.path.exists(tok):
+            _rekey_tokenizer(tok, os.path.join(root, "client", "tokenizer.json"), rec, manifest, old, new, sizes)
+        write_key(new_key, os.path.join(root, "client", "key.json"))
+        _write_json(os.path.join(root, "client", RECORD), {**rec, "classes": classes})
+        from eeonnx.compiler.pipeline import _sha256
+
+        manifest["key_fingerprint"] = new_key.fingerprint()
+        manifest["server"]["sha256"] = _sha256(os.path.join(root, SERVER))
+        if "artifact_id" in manifest:
+            manifest["artifact_id"] = artifact_id
+        manifest["rekeyed_from"] = rec_fingerprint = _old_fingerprint(out)
+        _write_json(os.path.join(root, "client", "manifest.json"), manifest)
+        if os.path.exists(out2):
+            old_dir = tempfile.mkdtemp(prefix=".eeonnx-old-", dir=parent)
+            os.rename(out2, os.path.join(old_dir, "out"))
+            os.rename(root, out2)
+            shutil.rmtree(old_dir, ignore_errors=True)
+        else:
+            os.rename(root, out2)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"classes": len(classes), "tensors": tensors, "old_key": rec_fingerprint,
+            "new_key": new_key.fingerprint(), "out": out2}
+
+
+def _old_fingerprint(out: str) -> str:
+    return Key.load(os.path.join(out, "client", "key.json")).fingerprint()
+
+
+def _save_private(model: onnx.ModelProto, path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(model.SerializeToString())
+    os.chmod(path, 0o600)
+
+
+def _rekey_tokenizer(src: str, dst: str, rec: dict, manifest: dict, old, new, sizes) -> None:
+    """Encrypted tokenizer ids e_old = m_old[plain] become m_new[plain] = m_new[argsort(m_old)][e_old]."""
+    from eeonnx.compiler.tokenizer import encrypt_tokenizer_json
+
+    maps = [e for e in rec["files"][ENCODE].values() if "index" in e and e["inverse"]]
+    if not maps:
+        raise RekeyError("client/tokenizer.json exists but no id map is in the re-key record")
+    m_old = _tensor_index(maps[0]["index"], True, old, sizes)
+    m_new = _tensor_index(maps[0]["index"], True, new, sizes)
+    with open(src, encoding="utf-8") as f:
+        data = json.load(f)
+    encrypted, _ = encrypt_tokenizer_json(data, m_new[np.argsort(m_old)], source=src)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(encrypted, f, ensure_ascii=False)
