@@ -259,7 +259,7 @@ def test_force_replaces_existing_out(tmp_path):
     compile_plain(plain_model(), out, force=True)
     assert not (out / "precious.txt").exists()
     assert (out / "server" / "model.onnx").is_file()
-    assert sorted(os.listdir(out / "client")) == ["decode.onnx", "encode.onnx", "key.json", "manifest.json"]
+    assert sorted(os.listdir(out / "client")) == ["decode.onnx", "encode.onnx", "key.json", "manifest.json", "rekey.json"]
     assert leftovers(tmp_path) == []
 
 
