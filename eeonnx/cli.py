@@ -88,17 +88,25 @@ def main(debug: bool) -> None:
 @click.option("--server-state/--client-state", default=True, show_default=True,
               help="Keep a KV cache (past -> present pairs found in the graph) on the server, "
                    "or pass it through encode/decode like any other tensor.")
+@click.option("--transforms", "transforms_mode", type=click.Choice(["permutation", "max"]), default="permutation",
+              show_default=True,
+              help="max: give each secret class the largest exact group the graph allows (positive "
+                   "diagonal through ReLU-like ops, any invertible map through linear ones), not only "
+                   "a permutation.")
+@click.option("--allow-rounding", is_flag=True,
+              help="With --transforms max: also transform fp16/bf16 tensors (re-rounds their values).")
 @click.option("--strict", is_flag=True, help="Fail instead of pinning any weight axis to the identity.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT (atomically).")
 @click.option("--verify/--no-verify", "do_verify", default=False, help="Run a golden check after writing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, split_at, allow_weak,
-                tokenizer, server_state, strict, force, do_verify, quiet):
+                tokenizer, server_state, transforms_mode, allow_rounding, strict, force, do_verify, quiet):
     """Compile MODEL into an encrypted server model plus client files.
 
     \b
     Example:
       eeonnx compile models/cnn.onnx -o out/cnn
+      eeonnx compile models/mlp.onnx -o out/mlp --transforms max
     writes
       out/cnn/server/model.onnx      ship this to the untrusted server
       out/cnn/client/encode.onnx     inputs  -> server inputs
@@ -114,7 +122,8 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
     comp = compile_model(model, out, key=key, dims=_dims(dims), strict=strict, force=force,
                          allow_clear=allow_clear, split=split_mode, min_key_bits=min_key_bits,
                          split_at=split_at, allow_weak=allow_weak, tokenizer=tokenizer,
-                         server_state=server_state,
+                         server_state=server_state, transforms=transforms_mode,
+                         allow_rounding=allow_rounding,
                          quiet=quiet or not sys.stderr.isatty())
     if not quiet:
         click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))
@@ -141,26 +150,36 @@ def _print_errors(errs: dict[str, float], tol: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--spec", is_flag=True, help="Print the layout of every initializer axis.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Fix a symbolic input dim.")
-def check(model, as_json, spec, dims):
+@click.option("--transforms", "transforms_mode", type=click.Choice(["permutation", "max"]), default="permutation",
+              show_default=True,
+              help="max: give each secret class the largest exact group the graph allows (positive "
+                   "diagonal through ReLU-like ops, any invertible map through linear ones), not only "
+                   "a permutation.")
+@click.option("--allow-rounding", is_flag=True,
+              help="With --transforms max: also transform fp16/bf16 tensors (re-rounds their values).")
+def check(model, as_json, spec, dims, transforms_mode, allow_rounding):
     """Report, without writing anything, what compile would do with MODEL.
 
     Per op type: supported, pins (which node fixes which weight axis to the
     identity, and why) or unsupported. --spec prints the PermutationSpec:
     initializer -> layout per axis, where P is public, cN[n] a secret class of
-    size n, kron(...) a merged axis and cat(...) blocks side by side.
+    size n, kron(...) a merged axis and cat(...) blocks side by side; then
+    the group of every class (with --transforms max: the largest exact one).
 
     \b
     Example:
       eeonnx check models/cnn.onnx --spec
+      eeonnx check models/mlp.onnx --spec --transforms max
     Exit code 2 when some op is not supported.
     """
     from eeonnx.compiler import report
     from eeonnx.compiler.api import check as analyze
 
-    comp = analyze(model, dims=_dims(dims))
+    comp = analyze(model, dims=_dims(dims), transforms=transforms_mode, allow_rounding=allow_rounding)
     rep = report.check_report(comp)
     if spec:
         rep["spec"] = comp.spec()
+        rep["groups"] = {c.name: c.group for c in comp.classes.values()}
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
@@ -168,6 +187,8 @@ def check(model, as_json, spec, dims):
         if spec:
             click.echo("\nlayout spec (initializer -> per-axis layout):")
             click.echo(report.spec_text(rep["spec"]))
+            click.echo("\nclass groups:")
+            click.echo(report.groups_detail(comp))
     if not rep["compilable"]:
         sys.exit(2)
 

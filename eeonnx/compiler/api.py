@@ -8,7 +8,7 @@ from eeonnx.compiler import pipeline
 
 def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
             split="auto", min_key_bits=128.0, split_at=(), allow_weak=(), tokenizer=None,
-            server_state=True, quiet=True) -> pipeline.Compilation:
+            server_state=True, quiet=True, transforms="permutation", allow_rounding=False) -> pipeline.Compilation:
     """Compile ``model`` (path or ModelProto) into the artifact directory ``out``.
 
     ``key``: path of a key.json to reuse (same key + same model = same artifact).
@@ -22,14 +22,21 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
     ``server_state=False`` treats past/present (KV cache) tensors as ordinary
     inputs/outputs that go through encode/decode (the client holds the cache).
     ``quiet=False`` shows progress while large weights are written.
+    ``transforms="max"`` gives each secret class the largest exact group the
+    graph allows (positive diagonal through ReLU-like ops, any invertible map
+    through linear ones; see eeonnx.compiler.groups) instead of permutations
+    only; classes on fp16/bf16/int tensors stay permutations unless
+    ``allow_rounding``.
     Raises eeonnx.errors.EEError subclasses on refusal.
     """
     return pipeline.compile_model(model, os.fspath(out), key=key, dims=dims, strict=strict,
                                   force=force, allow_clear=allow_clear, split_mode=split,
                                   min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak,
-                                  tokenizer=tokenizer, server_state=server_state, progress=not quiet)
+                                  tokenizer=tokenizer, server_state=server_state, progress=not quiet,
+                                  transforms_mode=transforms, allow_rounding=allow_rounding)
 
 
-def check(model, *, dims=None) -> pipeline.Compilation:
-    """Analyse ``model`` without writing anything (``.spec()``, ``.pins()``, ``.unsupported``)."""
-    return pipeline.analyze(model, dims=dims)
+def check(model, *, dims=None, transforms="permutation", allow_rounding=False) -> pipeline.Compilation:
+    """Analyse ``model`` without writing anything (``.spec()``, ``.pins()``, ``.unsupported``,
+    ``.classes[uid].group``)."""
+    return pipeline.analyze(model, dims=dims, transforms_mode=transforms, allow_rounding=allow_rounding)

@@ -5,6 +5,12 @@ words of SHAKE-256(secret || label): uniform over all n! permutations up to
 negligible ties, reproducible from the key file, unrelated across labels.
 The identity is never returned for n > 1 (a re-derivation with a counter
 follows), so no secret axis ever travels in the clear by bad luck.
+
+Continuous draws (for classes whose group is larger than the permutations,
+see ``eeonnx.compiler.groups``) read their own XOF stream, domain-separated
+from the permutation's by a purpose tag, for the same class label:
+``scales`` (log-uniform in a bounded range, so fp32 keeps its precision) and
+``orthogonal`` (QR of a Gaussian matrix with the sign fix: Haar-distributed).
 """
 from __future__ import annotations
 
@@ -62,6 +68,25 @@ class Key:
             if n <= 1 or not np.array_equal(perm, np.arange(n)):
                 return perm
         raise AssertionError("unreachable: 64 identity permutations in a row")
+
+    def _uniform(self, label: str, purpose: str, count: int) -> np.ndarray:
+        """``count`` floats uniform in (0, 1), 53 bits each, from SHAKE-256(secret, label, purpose)."""
+        h = hashlib.shake_256(self.secret + b"\0" + label.encode() + b"\0" + purpose.encode())
+        words = np.frombuffer(h.digest(8 * count), dtype="<u8")
+        return ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+    def scales(self, label: str, n: int, lo: float = 0.25, hi: float = 4.0) -> np.ndarray:
+        """n positive scales, log-uniform in [lo, hi] (float64)."""
+        u = self._uniform(label, f"scales:{lo!r}:{hi!r}", n)
+        return np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo)))
+
+    def orthogonal(self, label: str, n: int) -> np.ndarray:
+        """A Haar-random n x n orthogonal matrix (float64): QR of a Gaussian
+        (Box-Muller from the XOF), columns' signs fixed by R's diagonal."""
+        u = self._uniform(label, "orthogonal", 2 * n * n).reshape(2, n * n)
+        g = (np.sqrt(-2.0 * np.log(u[0])) * np.cos(2.0 * np.pi * u[1])).reshape(n, n)
+        q, r = np.linalg.qr(g)
+        return q * np.where(np.diag(r) < 0, -1.0, 1.0)[None, :]
 
 
 def write_key(key: Key, path: str) -> None:

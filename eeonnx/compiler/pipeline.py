@@ -1,8 +1,8 @@
 """The compile pipeline: one Compilation carries the model and every analysis result.
 
-    load -> normalize -> check -> propagate -> keygen -> state -> split -> fold -> boundary -> emit
+    load -> normalize -> check -> propagate -> keygen -> state -> transforms -> split -> fold -> boundary -> emit
 
-``analyze()`` runs up to state (what ``eeonnx check`` shows, nothing written);
+``analyze()`` runs up to transforms (what ``eeonnx check`` shows, nothing written);
 ``compile()`` runs everything and writes the artifact directory atomically.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from eeonnx import __version__
 from eeonnx.compiler import layout as L
 from eeonnx.errors import StrictPinError, UnsupportedOpError
 from eeonnx.compiler.keys import Key
-from eeonnx.compiler.passes import boundary, check, emit, fold, keygen, load, normalize, propagate, split, state
+from eeonnx.compiler.passes import (boundary, check, emit, fold, keygen, load, normalize, propagate, split, state,
+                                    transforms)
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Compilation:
     weight_bytes: int = 0
     permuted_bytes: int = 0
     weight_index: dict = field(default_factory=dict)  # initializer -> per-axis index arrays
+    transforms: dict = field(default_factory=dict)  # uid -> groups.Transform (classes above permutations)
+    exponents: dict = field(default_factory=dict)  # (value, uid) -> +1/-1 (see groups)
+    group_bytes: dict = field(default_factory=dict)  # group name -> weight bytes under it
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     encode_model: onnx.ModelProto | None = None
@@ -98,6 +102,15 @@ class Compilation:
         return [{"input": self.server_name(s.input), "output": self.server_name(s.output), "axis": s.axis,
                  "dtype": s.dtype, "shape": s.shape, "empty_shape": s.empty_shape()} for s in self.state]
 
+    def group_shares(self) -> dict[str, float]:
+        """Share of weight bytes under each group (strongest transform on the tensor;
+        "clear": unchanged)."""
+        if not self.weight_bytes:
+            return {}
+        out = {g: round(b / self.weight_bytes, 4) for g, b in sorted(self.group_bytes.items())}
+        out["clear"] = round(1 - self.permuted_bytes / self.weight_bytes, 4)
+        return out
+
     def pins(self) -> list[dict]:
         """Weight axes pinned to the identity by some node, one entry per (node, reason)."""
         merged: dict[tuple, dict] = {}
@@ -135,11 +148,12 @@ class Compilation:
                        "server_input": self.server_name(s.input), "server_output": self.server_name(s.output),
                        "axis": s.axis, "dtype": s.dtype, "shape": s.shape, "empty_shape": s.empty_shape()}
                       for s in self.state],
-            "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)}
+            "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1), "group": c.group}
                         for c in self.classes.values()],
             "key_bits": round(self.key_bits, 1),
             "coverage": {"weight_bytes": self.weight_bytes, "permuted_bytes": self.permuted_bytes,
-                         "share": round(self.permuted_bytes / self.weight_bytes, 4) if self.weight_bytes else 0.0},
+                         "share": round(self.permuted_bytes / self.weight_bytes, 4) if self.weight_bytes else 0.0,
+                         "groups": self.group_shares()},
             "pins": self.pins(),
             "nodes": {"original": self.original_nodes,
                       "server": len(self.server_proto.graph.node) if self.server_proto is not None
@@ -188,8 +202,10 @@ def _uses_external_data(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
 
 
-def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_state=True) -> Compilation:
-    """Load, normalize, check and solve layouts; derive permutations. Writes nothing."""
+def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_state=True,
+            transforms_mode: str = "permutation", allow_rounding: bool = False) -> Compilation:
+    """Load, normalize, check and solve layouts; derive permutations and (with
+    ``transforms_mode="max"``) each class's largest exact group. Writes nothing."""
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<memory>"
     m = load.load_model(model)
     comp = Compilation(model=m, key=key or Key.generate(), source=source, allow_clear=tuple(allow_clear))
@@ -203,16 +219,19 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_
     keygen.KeygenPass(comp)(m)
     if server_state:
         state.StatePass(comp)(m)
+    transforms.TransformsPass(comp, transforms_mode, allow_rounding)(m)
     return comp
 
 
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
                   allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
-                  tokenizer=None, server_state=True, progress=False) -> Compilation:
+                  tokenizer=None, server_state=True, progress=False, transforms_mode="permutation",
+                  allow_rounding=False) -> Compilation:
     """Compile ``model`` into the artifact directory ``out``; see the module docstring."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
-    comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear, server_state=server_state)
+    comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear, server_state=server_state,
+                   transforms_mode=transforms_mode, allow_rounding=allow_rounding)
     if comp.unsupported:
         node, why = comp.unsupported[0]
         more = f" (and {len(comp.unsupported) - 1} more; see `eeonnx check`)" if len(comp.unsupported) > 1 else ""

@@ -33,6 +33,10 @@ def compile_summary(comp, out: str, seconds: float) -> str:
         f"  weights under a secret permutation: {share:.1%} "
         f"({_bytes(comp.permuted_bytes)} of {_bytes(comp.weight_bytes)})",
     ]
+    if comp.transforms:
+        shares = comp.group_shares()
+        lines.append("  weight bytes per group: " + ", ".join(f"{g} {v:.1%}" for g, v in shares.items()))
+        lines.append("  " + groups_text(comp).replace("\n", "\n  "))
     for title, items in (("input ", comp.inputs), ("output", comp.outputs)):
         for c in items:
             state = (c.reason if c.reason.startswith(("read by", "made by")) else f"clear ({c.reason})") \
@@ -93,7 +97,8 @@ def check_report(comp) -> dict:
         "refused_clear": refused,
         "state": [{"input": s.input, "output": s.output, "axis": s.axis} for s in comp.state],
         "ops": dict(sorted(ops.items())),
-        "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1)} for c in comp.classes.values()],
+        "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1), "group": c.group}
+                    for c in comp.classes.values()],
         "key_bits": round(comp.key_bits, 1),
         "compilable": not comp.unsupported and "error" not in split_info,
     }
@@ -150,3 +155,17 @@ def spec_text(spec: dict[str, list[str]]) -> str:
     return "\n".join(f"{name:<{width}}  [{', '.join(axes)}]" for name, axes in spec.items())
 
 
+
+
+def groups_text(comp) -> str:
+    """One line per group: the classes that got it."""
+    by: dict[str, list[str]] = {}
+    for c in comp.classes.values():
+        by.setdefault(c.group, []).append(f"{c.name}[{c.size}]")
+    return "\n".join(f"{g}: {', '.join(names)}" for g, names in sorted(by.items()))
+
+
+def groups_detail(comp) -> str:
+    """Per class: its group and what kept it from a larger one."""
+    return "\n".join(f"{c.name}[{c.size}]: {c.group}" + (f" ({c.why})" if c.why else "")
+                     for c in comp.classes.values())

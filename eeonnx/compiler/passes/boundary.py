@@ -2,7 +2,11 @@
 
 encode.onnx takes the original inputs and gathers each secret axis by its
 index array (encrypted = plain.take(p)); decode.onnx takes the server outputs
-and gathers with the inverse (plain = encrypted.take(argsort(p))).
+and gathers with the inverse (plain = encrypted.take(argsort(p))). Where a
+class carries a continuous transform (see ``eeonnx.compiler.groups``),
+encode first multiplies the axis by its map on plain indices (Mul by a
+scale vector, or MatMul by a matrix) and decode multiplies by the inverse
+map after its gathers.
 
 Invariants:
 - encode inputs are the original inputs (names, dtypes, shapes), its outputs
@@ -23,6 +27,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from eeonnx.errors import ClearBoundaryError
+from eeonnx.compiler import groups
 from eeonnx.compiler.passes import fold
 from eeonnx.compiler.passes.fold import axis_perms
 
@@ -46,14 +51,20 @@ class Crossing:
     layout: list[str] = field(default_factory=list)
     value_index: np.ndarray | None = None  # integer ids: the indexed axis's index array
     value_layout: str = ""
+    maps: list = field(default_factory=list)  # per axis: None, scale vector or matrix (plain order)
+    inverse_maps: list = field(default_factory=list)
 
     @property
     def secret_axes(self) -> list[int]:
         return [a for a, p in enumerate(self.index) if p is not None]
 
     @property
+    def transformed_axes(self) -> list[int]:
+        return [a for a, m in enumerate(self.maps) if m is not None]
+
+    @property
     def encrypted(self) -> bool:
-        return bool(self.secret_axes) or self.value_index is not None
+        return bool(self.secret_axes) or bool(self.transformed_axes) or self.value_index is not None
 
 
 def _dtype_name(v: ir.Value) -> str:
@@ -74,6 +85,9 @@ def crossings(comp, values: list[ir.Value], is_input: bool, refuse: bool = True)
         terms = an.known(v)
         index = axis_perms(terms, perms) if terms is not None else []
         c = Crossing(v.name, v.name, index, _dtype_name(v), shape_list(v))
+        if terms is not None and comp.transforms:
+            c.maps = groups.axis_map(comp, v, terms)
+            c.inverse_maps = groups.axis_map(comp, v, terms, inverse=True)
         c.layout = [comp.show(t) for t in terms] if terms is not None else []
         indexes_table = False
         if an.has_slot(v):
@@ -116,6 +130,10 @@ def _gather_chain(name_in: str, name_out: str, c: Crossing, inverse: bool, tag: 
     cur = name_in
     index = c.index
     steps = [(a, p) for a, p in enumerate(index) if p is not None]
+    maps = [(a, m) for a, m in enumerate(c.inverse_maps if inverse else c.maps) if m is not None]
+    if maps and not inverse:  # transform on plain indices, then permute
+        cur = _map_chain(nodes, inits, cur, name_out if not steps else f"{tag}_mapped_axes", maps,
+                         len(c.index), tag, dtype)
     if c.value_index is not None:
         # ids -> argsort(p)[ids] on the way in; p[ids] on the way out
         table = np.argsort(c.value_index) if not inverse else c.value_index
@@ -124,16 +142,46 @@ def _gather_chain(name_in: str, name_out: str, c: Crossing, inverse: bool, tag: 
         nxt = name_out if not steps else f"{tag}_mapped"
         nodes.append(helper.make_node("Gather", [tname, cur], [nxt], axis=0, name=f"{tag}_map_values"))
         cur = nxt
-    if not steps and c.value_index is None:
+    if not steps and c.value_index is None and not maps:
         return [helper.make_node("Identity", [cur], [name_out], name=f"{tag}_identity")], []
+    last = name_out if not (maps and inverse) else f"{tag}_permuted"
     for k, (axis, p) in enumerate(steps):
         idx = np.argsort(p).astype(np.int64) if inverse else p.astype(np.int64)
         iname = f"{tag}_perm_axis{axis}"
         inits.append(numpy_helper.from_array(idx, iname))
-        nxt = name_out if k == len(steps) - 1 else f"{tag}_axis{axis}"
+        nxt = last if k == len(steps) - 1 else f"{tag}_axis{axis}"
         nodes.append(helper.make_node("Gather", [cur, iname], [nxt], axis=axis, name=f"{tag}_gather{axis}"))
         cur = nxt
+    if maps and inverse:  # un-permute, then undo the transform on plain indices
+        _map_chain(nodes, inits, cur, name_out, maps, len(c.index), tag, dtype)
     return nodes, inits
+
+
+def _map_chain(nodes, inits, cur: str, name_out: str, maps, rank: int, tag: str, dtype) -> str:
+    """x -> x multiplied along each axis by its map: a scale vector (Mul, broadcast)
+    or a matrix M (x -> x M on that axis: MatMul, with Transposes around it
+    unless the axis is the last)."""
+    for k, (axis, m) in enumerate(maps):
+        nxt = name_out if k == len(maps) - 1 else f"{tag}_map{axis}"
+        mname = f"{tag}_map_axis{axis}"
+        if m.ndim == 1:
+            shape = [1] * rank
+            shape[axis] = -1
+            inits.append(numpy_helper.from_array(m.reshape(shape).astype(dtype), mname))
+            nodes.append(helper.make_node("Mul", [cur, mname], [nxt], name=f"{tag}_scale{axis}"))
+        else:
+            inits.append(numpy_helper.from_array(m.astype(dtype), mname))
+            if axis == rank - 1:
+                nodes.append(helper.make_node("MatMul", [cur, mname], [nxt], name=f"{tag}_mix{axis}"))
+            else:
+                order = [d for d in range(rank) if d != axis] + [axis]
+                back = [int(i) for i in np.argsort(order)]
+                t0, t1 = f"{tag}_mix{axis}_in", f"{tag}_mix{axis}_out"
+                nodes.append(helper.make_node("Transpose", [cur], [t0], perm=order, name=f"{tag}_mix{axis}_t0"))
+                nodes.append(helper.make_node("MatMul", [t0, mname], [t1], name=f"{tag}_mix{axis}"))
+                nodes.append(helper.make_node("Transpose", [t1], [nxt], perm=back, name=f"{tag}_mix{axis}_t1"))
+        cur = nxt
+    return cur
 
 
 def _value_info(name: str, proto_vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:

@@ -1,16 +1,22 @@
-"""fold: permute every initializer along each axis by its materialized layout.
+"""fold: transform every initializer along each axis by its class maps, then permute.
 
 Invariant: afterwards, for every initializer W and axis a with index array
-p_a, ``W_server = W.take(p_0, 0).take(p_1, 1)...``; no node is added, removed
-or changed. Permuted tensors are lazy: the original (possibly memory-mapped
-external data) is read when the model is saved, one tensor at a time.
-Fills ``comp.weight_bytes`` and ``comp.permuted_bytes``.
+p_a, ``W_server = W.take(p_0, 0).take(p_1, 1)...``; where classes carry a
+continuous transform (``comp.transforms``, exponents ``comp.exponents``),
+W is first multiplied along each axis by the maps ``groups.apply_axis``
+gives, computed in float64 and cast to W's dtype once. No node is added,
+removed or changed. Transformed tensors are lazy: the original (possibly
+memory-mapped external data) is read when the model is saved, one tensor
+at a time. Fills ``comp.weight_bytes``, ``comp.permuted_bytes`` and
+``comp.group_bytes`` (group name -> bytes of initializers whose strongest
+transform is that group; "permutation" = permuted only).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
+from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 
 
@@ -27,9 +33,18 @@ def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.nda
     return out
 
 
-def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None]) -> ir.TensorProtocol:
+def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=None, factor=None) -> ir.TensorProtocol:
+    """Lazy ``tensor`` permuted by ``index``; with ``factor``, first transformed
+    along each axis (float64, one cast at the end)."""
+
     def load() -> ir.TensorProtocol:
         array = tensor.numpy()
+        if factor is not None:
+            dtype = array.dtype
+            array = array.astype(np.float64)
+            for axis, t in enumerate(terms):
+                array = G.apply_axis(array, axis, t, factor)
+            array = array.astype(dtype)
         for axis, p in enumerate(index):
             if p is not None:
                 array = np.take(array, p, axis=axis)
@@ -47,6 +62,7 @@ class FoldPass(ir.passes.InPlacePass):
         an, perms = self.comp.analysis, self.comp.perms
         total = moved = 0
         self.comp.weight_index = {}
+        self.comp.group_bytes = {}
         for name, value in model.graph.initializers.items():
             tensor = value.const_value
             if tensor is None:
@@ -56,10 +72,26 @@ class FoldPass(ir.passes.InPlacePass):
             if terms is None:
                 continue  # unknown shape, or uniform: no permutation changes it
             index = axis_perms(terms, perms)
-            if all(p is None for p in index):
+            group = strongest(self.comp, value, terms)
+            if all(p is None for p in index) and group is None:
                 continue
             self.comp.weight_index[name] = index
             moved += tensor.nbytes
-            value.const_value = permuted(tensor, index)
+            name_of = (group or G.PERMUTATION).name
+            self.comp.group_bytes[name_of] = self.comp.group_bytes.get(name_of, 0) + tensor.nbytes
+            factor = G.value_factor(self.comp, value) if group is not None else None
+            value.const_value = permuted(tensor, index, terms, factor)
         self.comp.weight_bytes, self.comp.permuted_bytes = total, moved
         return ir.passes.PassResult(model, modified=bool(moved))
+
+
+def strongest(comp, value, terms) -> G.Group | None:
+    """The largest group among the continuous transforms applied to ``value``, or None."""
+    out = None
+    factor = G.value_factor(comp, value)
+    for t in terms:
+        for v in L.free_vars(t):
+            if factor(v) is not None:
+                g = comp.transforms[v.uid].group
+                out = g if out is None or g.rank > out.rank else out
+    return out

@@ -25,6 +25,8 @@ class SecretClass:
     name: str  # display name, c0, c1, ...
     label: str  # stable derivation label
     size: int
+    group: str = "permutation"  # set by the transforms pass (eeonnx.compiler.groups)
+    why: str = ""  # what kept the group from being larger (transforms pass)
 
     @property
     def bits(self) -> float:

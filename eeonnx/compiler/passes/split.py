@@ -315,3 +315,4 @@ def drop_client_only_classes(comp, model: ir.Model, plan: SplitPlan) -> None:
     for uid in [u for u in comp.classes if u not in on_server]:
         del comp.classes[uid]
         comp.perms.pop(uid, None)
+        comp.transforms.pop(uid, None)

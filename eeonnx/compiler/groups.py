@@ -1,0 +1,245 @@
+"""Groups: the largest exact transform each secret class admits, beyond permutations.
+
+The layout algebra (layout.py) decides which axes share a secret *class*
+and gives each class a permutation. Many classes admit more: this module
+decides, per class, the largest *group* of exact transforms the graph
+commutes with, and draws an element of it from the key.
+
+Lattice (a chain here; ``meet`` takes the smaller)::
+
+    PERMUTATION  <=  DIAGONAL (permutation x positive diagonal)  <=  LINEAR (permutation x invertible map)
+
+A class c with transform T (n x n, on plain indices; then its permutation)
+appears on an axis of a tensor with an *exponent* e:
+  e = +1: the axis is transformed by T (x -> x T, the axis as a row vector),
+  e = -1: by T^-T (what a weight contracted against a +1 axis needs),
+  e =  0: permuted only.
+For a positive diagonal T = diag(d), that is scaling by d^e.
+
+Each op states, per class on its operands, relations between exponents
+(equal, opposite, zero) and the largest group under which those relations
+make the op commute with the transform (``rules/groups.py``). An operand
+the op's statement does not cover gets e = 0 (so an op without a statement
+commutes with permutations only: the default). The solver is a union-find
+with parity over (tensor, class) nodes; a parity contradiction or a zero
+anywhere in a component makes the whole component 0. Every remaining
+component has exactly one free integer (any assignment satisfies every
+relation), fixed to 1 at its root. A class's group is the meet of the
+groups of its non-zero components; a class with none stays a permutation.
+
+Invariants:
+- sound by construction: e = 0 everywhere is the permutation-only artifact,
+  and every relation an op states is one under which it commutes for every
+  element of the group named with it;
+- classes whose values index a table (token ids) stay permutations;
+- precision: a non-zero exponent needs float32/float64 tensors (a
+  continuous transform would re-round fp16/bf16/int weights) unless
+  ``allow_rounding``;
+- a graph input/output axis longer than ``DENSE_IO_LIMIT`` never gets a
+  dense map (encode/decode would carry an n x n matrix): at most DIAGONAL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from eeonnx.compiler import layout as L
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    rank: int
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+PERMUTATION = Group("permutation", 0)
+DIAGONAL = Group("diagonal", 1)
+LINEAR = Group("linear", 2)
+GROUPS = (PERMUTATION, DIAGONAL, LINEAR)
+
+
+def meet(*gs: Group) -> Group:
+    """The largest group contained in all of ``gs`` (the lattice is a chain)."""
+    return min(gs, key=lambda g: g.rank)
+
+
+#: scale ranges (log-uniform): wide for diagonals, narrower inside a linear map
+DIAGONAL_RANGE = (0.25, 4.0)
+LINEAR_RANGE = (0.5, 2.0)
+DENSE_IO_LIMIT = 4096
+EXACT_DTYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
+ROUNDING_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+class Relations:
+    """Union-find with parity: e(a) = sign * e(root); components may be forced to 0."""
+
+    def __init__(self):
+        self.parent: dict = {}
+        self.sign: dict = {}
+        self.zero: set = set()
+        self.group: dict = {}
+
+    def add(self, x) -> None:
+        if x not in self.parent:
+            self.parent[x], self.sign[x], self.group[x] = x, 1, LINEAR
+
+    def find(self, x):
+        path = []
+        while self.parent[x] != x:
+            path.append(x)
+            x = self.parent[x]
+        root, acc = x, 1
+        for y in reversed(path):
+            acc *= self.sign[y]
+            self.sign[y], self.parent[y] = acc, root
+        return root, (self.sign[path[0]] if path else 1)
+
+    def relate(self, a, b, s: int, g: Group) -> None:
+        """e(a) = s * e(b), valid under group g."""
+        ra, sa = self.find(a)
+        rb, sb = self.find(b)
+        if ra == rb:
+            if sa != s * sb:
+                self.zero.add(ra)
+            self.group[ra] = meet(self.group[ra], g)
+            return
+        self.parent[ra], self.sign[ra] = rb, sa * s * sb
+        if ra in self.zero:
+            self.zero.add(rb)
+        self.group[rb] = meet(self.group[ra], self.group[rb], g)
+
+    def limit(self, a, g: Group) -> None:
+        r, _ = self.find(a)
+        self.group[r] = meet(self.group[r], g)
+
+    def force_zero(self, a) -> None:
+        self.zero.add(self.find(a)[0])
+
+    def exponent(self, a) -> int:
+        r, s = self.find(a)
+        return 0 if r in self.zero else s
+
+    def group_of(self, a) -> Group:
+        return self.group[self.find(a)[0]]
+
+
+def occurrences(t: L.Term, out: dict[int, int] | None = None) -> dict[int, int]:
+    """Root uid -> how many times the variable occurs in the term."""
+    out = {} if out is None else out
+    t = L.resolve(t)
+    if isinstance(t, L.Var):
+        out[t.uid] = out.get(t.uid, 0) + 1
+    elif isinstance(t, L.Cat):
+        for p in t.parts:
+            occurrences(p, out)
+    elif isinstance(t, L.Kron):
+        for f in t.factors:
+            occurrences(f, out)
+    return out
+
+
+@dataclass
+class Transform:
+    """The element of a class's group drawn from the key (on top of its permutation).
+
+    DIAGONAL: T = diag(scale). LINEAR: T = diag(scale) @ ortho, so T^-T =
+    diag(1/scale) @ ortho and the condition number is max/min of the scale."""
+
+    group: Group
+    scale: np.ndarray
+    ortho: np.ndarray | None = None
+
+    def __post_init__(self):
+        self._cache: dict = {}
+
+    def factor(self, e: int, inverse: bool = False) -> np.ndarray:
+        """The map for exponent e (T for +1, T^-T for -1), or its inverse: a
+        vector (diagonal) or an n x n matrix, float64."""
+        k = (e, inverse)
+        if k not in self._cache:
+            s = self.scale ** (-e if inverse else e)
+            if self.ortho is None:
+                self._cache[k] = s
+            elif not inverse:
+                self._cache[k] = s[:, None] * self.ortho
+            else:
+                self._cache[k] = self.ortho.T * s[None, :]
+        return self._cache[k]
+
+
+def draw(key, label: str, n: int, group: Group) -> Transform | None:
+    if group == DIAGONAL:
+        return Transform(group, key.scales(label, n, *DIAGONAL_RANGE))
+    if group == LINEAR:
+        return Transform(group, key.scales(label, n, *LINEAR_RANGE), key.orthogonal(label, n))
+    return None
+
+
+# ---------------------------------------------------------------------------
+# applying transforms to arrays
+# ---------------------------------------------------------------------------
+def apply_axis(a: np.ndarray, axis: int, term: L.Term, factor) -> np.ndarray:
+    """``a`` with ``axis`` (layout ``term``) multiplied by each variable's map:
+    ``factor(var)`` gives None, a vector (diagonal) or a matrix (x -> x M);
+    Cat parts and Kron factors get their own maps (block-diagonal / Kronecker)."""
+    t = L.resolve(term)
+    if isinstance(t, L.Public):
+        return a
+    if isinstance(t, L.Var):
+        f = factor(t)
+        if f is None:
+            return a
+        if f.ndim == 1:
+            shape = [1] * a.ndim
+            shape[axis] = -1
+            return a * f.reshape(shape)
+        return np.moveaxis(np.tensordot(a, f, axes=([axis], [0])), -1, axis)
+    if isinstance(t, L.Cat):
+        cuts = np.cumsum([p.size for p in t.parts])[:-1]
+        pieces = np.split(a, cuts, axis=axis)
+        return np.concatenate([apply_axis(x, axis, p, factor) for x, p in zip(pieces, t.parts)], axis=axis)
+    sizes = [f.size for f in t.factors]
+    b = a.reshape(a.shape[:axis] + tuple(sizes) + a.shape[axis + 1:])
+    for k, f in enumerate(t.factors):
+        b = apply_axis(b, axis + k, f, factor)
+    return b.reshape(a.shape)
+
+
+def has_dense(term: L.Term, factor) -> bool:
+    return any(f is not None and f.ndim == 2 for f in (factor(v) for v in L.free_vars(term)))
+
+
+def value_factor(comp, key, inverse: bool = False):
+    """factor(var) for the tensor ``key`` (an ir.Value): the class's map for the
+    tensor's exponent, None where the exponent is 0 or the class has no transform."""
+
+    def factor(v: L.Var):
+        tr = comp.transforms.get(v.uid)
+        if tr is None or v.pin is not None:
+            return None
+        e = comp.exponents.get((key, v.uid), 0)
+        return None if e == 0 else tr.factor(e, inverse)
+
+    return factor
+
+
+def axis_map(comp, value, terms: list[L.Term], inverse: bool = False) -> list[np.ndarray | None]:
+    """Per axis of a wire tensor: None, a scale vector or a full matrix (x -> x M),
+    on plain indices (before the permutation; ``inverse``: undoing it after)."""
+    factor = value_factor(comp, value, inverse)
+    out = []
+    for t in terms:
+        t = L.resolve(t)
+        if t.size is None or not any(factor(v) is not None for v in L.free_vars(t)):
+            out.append(None)
+        elif has_dense(t, factor):
+            out.append(apply_axis(np.eye(t.size), 1, t, factor))
+        else:
+            out.append(apply_axis(np.ones(t.size), 0, t, factor))
+    return out
