@@ -226,7 +226,8 @@ def verify_cmd(model, out, trials, tol, dims):
               help="Write each decoded output to DIR/NAME.npy.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the server model runs.")
-def run(out, inputs, save, provider):
+@click.option("--allow-over-budget", is_flag=True, help="Encode past the key's hard token limit.")
+def run(out, inputs, save, provider, allow_over_budget):
     """Encrypted inference from the client's side: encode, run the server model, decode.
 
     \b
@@ -248,7 +249,7 @@ def run(out, inputs, save, provider):
             feeds[name] = np.load(path)
         except (OSError, ValueError) as e:
             raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--input") from None
-    client = Client(out)
+    client = Client(out, allow_over_budget=allow_over_budget)
     unknown = sorted(set(feeds) - set(client.input_names))
     missing = sorted(set(client.input_names) - set(feeds))
     if unknown or missing:
@@ -278,7 +279,9 @@ def run(out, inputs, save, provider):
 @click.option("--seed", type=int, help="Seed for sampling.")
 @click.option("--eos-id", "eos_ids", multiple=True, type=int, help="Stop at this token id (repeatable).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, seed, eos_ids, provider):
+@click.option("--allow-over-budget", is_flag=True, help="Encode past the key's hard token limit.")
+def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, seed, eos_ids, provider,
+             allow_over_budget):
     """Encrypted text generation: the server sees encrypted ids, returns encrypted
     logits and keeps its (encrypted) KV cache; sampling happens here.
 
@@ -290,7 +293,7 @@ def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, s
     from eeonnx.server import runtime
     from eeonnx import Client, Server
 
-    client = Client(out)
+    client = Client(out, allow_over_budget=allow_over_budget)
     tokenizer = None
     if prompt_text is not None:
         tokenizer = client.plain_tokenizer()
@@ -386,6 +389,45 @@ def rekey_cmd(out, out2, force):
     r = rekey(out, out2, force=force)
     click.echo(f"re-keyed {out} -> {r['out']} in {time.perf_counter() - t0:.2f} s: {r['classes']} classes, "
                f"{r['tensors']} tensors re-folded; key {r['old_key']} -> {r['new_key']}")
+
+
+@main.command("budget")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--from-audit", "audit_json", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Set the budget from the frequency-attack curve in this `eeonnx audit --json` output.")
+@click.option("--target", default=0.10, show_default=True, help="Recovered share at which the budget ends.")
+@click.option("--hard-target", default=0.25, show_default=True, help="Recovered share at the hard limit.")
+def budget_cmd(out, audit_json, target, hard_target):
+    """Show (or set) how many tokens this key may carry: the budget (a warning past it)
+    and the hard limit (refused past it), and how many it has carried.
+
+    \b
+    Examples:
+      eeonnx budget out/bert
+      eeonnx audit out/bert --text corpus.txt --json > audit.json
+      eeonnx budget out/bert --from-audit audit.json --target 0.1
+    """
+    from eeonnx.client import budget as B
+
+    with open(os.path.join(out, "client", "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    current = manifest.get("key_budget")
+    if current is None:
+        raise B.KeyBudgetError(f"{out}: this model takes no token ids; no key budget applies")
+    if audit_json:
+        with open(audit_json, encoding="utf-8") as f:
+            curve = B.curve_from_audit(json.load(f))
+        if not curve:
+            raise B.KeyBudgetError(f"{audit_json}: no frequency-attack curve (tokens -> recovered) in it")
+        current = {"input": current["input"],
+                   **B.budget_from_curve(curve, f"measured by eeonnx audit ({os.path.basename(audit_json)})",
+                                         target, hard_target)}
+        B.set_budget(out, current)
+    counter = B.TokenCounter(os.path.join(out, "client"), manifest.get("key_fingerprint", ""), current)
+    click.echo(f"key {manifest.get('key_fingerprint')}: {counter.tokens} tokens carried; budget "
+               f"{current['tokens']} (recovery {current['target']:.0%}), hard limit {current['hard_limit']} "
+               f"(recovery {current['hard_target']:.0%})")
+    click.echo(f"  source: {current['source']}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from eeonnx.client.budget import TokenCounter
 from eeonnx.errors import ArtifactMismatchError
 from eeonnx.server import runtime
 from eeonnx.server.session import Server
@@ -14,7 +15,8 @@ from eeonnx.server.session import Server
 class Client:
     """The trusted side: encode inputs for the server, decode what it returns."""
 
-    def __init__(self, out_dir, providers=("CPUExecutionProvider",)):
+    def __init__(self, out_dir, providers=("CPUExecutionProvider",), allow_over_budget: bool = False):
+        """``allow_over_budget``: encode past the key's hard token limit (see eeonnx.client.budget)."""
         client = os.path.join(os.fspath(out_dir), "client")
         self.out_dir = os.fspath(out_dir)
         with open(os.path.join(client, "manifest.json"), encoding="utf-8") as f:
@@ -25,6 +27,8 @@ class Client:
         self.output_names = [o.name for o in self._dec.get_outputs()]
         self.server_inputs = self.manifest["server_inputs"]
         self.server_outputs = self.manifest["server_outputs"]
+        self.allow_over_budget = allow_over_budget
+        self.budget = TokenCounter(client, self.manifest.get("key_fingerprint", ""), self.manifest.get("key_budget"))
 
     @property
     def artifact_id(self) -> str | None:
@@ -52,6 +56,9 @@ class Client:
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise ValueError(f"missing inputs: {missing}")
+        budget = self.budget.budget
+        if budget is not None and budget.get("input") in inputs:  # counted before anything is sent
+            self.budget.charge(int(np.asarray(inputs[budget["input"]]).size), self.allow_over_budget)
         outs = self._enc.run(None, {n: np.asarray(inputs[n]) for n in self.input_names})
         return dict(zip(self.server_inputs, outs))
 

@@ -158,7 +158,21 @@ class Compilation:
             "nodes": {"original": self.original_nodes,
                       "server": len(self.server_proto.graph.node) if self.server_proto is not None
                       else len(self.model.graph)},
+            "key_budget": self.key_budget(),
         }
+
+    def key_budget(self) -> dict | None:
+        """Token budget of this key (eeonnx.client.budget), for the first input whose ids index
+        a table of more than split.STRUCTURE_ROWS rows; None for models without token ids."""
+        from eeonnx.client.budget import default_budget
+
+        an = self.analysis
+        for v in self.model.graph.inputs:
+            if v.dtype is not None and not v.dtype.is_floating_point() and an.has_slot(v):
+                term = an.slot(v).root().term
+                if term is not None and term.size is not None and term.size > split.STRUCTURE_ROWS:
+                    return {"input": v.name, **default_budget()}
+        return None
 
 
 def _publicize(t: L.Term, names: dict[int, str]) -> L.Term:
