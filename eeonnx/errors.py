@@ -54,3 +54,23 @@ class VerifyError(EEError):
     """Decoded outputs differ from the original's (CLI exit code 1)."""
 
     exit_code = 1
+
+
+class InputError(EEError):
+    """An input tensor whose name, shape or dtype the model does not take."""
+
+
+class ArtifactDirError(EEError):
+    """A path that is not an artifact directory, or an artifact that does not belong to the model given."""
+
+
+class NotALanguageModelError(EEError):
+    """generate was asked of a model without a token-id input and a logits output."""
+
+
+class ProviderError(EEError):
+    """An execution provider was asked for explicitly and cannot be used here."""
+
+
+class EEWarning(UserWarning):
+    """Something accepted but worth a line on stderr (the CLI prints ``warning: ...``)."""

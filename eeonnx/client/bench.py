@@ -2,8 +2,11 @@
 
 Runs are interleaved (plain, server, plain, server, ...) after a warm-up so
 that drift (thermal, other load) hits both alike. Reports median and p90
-latency of each, their ratio, and the client's encode + decode cost as a
-share of the plain latency. Nothing here is asserted in tests: numbers vary
+latency of each, the median of the paired ratios server/plain with a
+bootstrap 95% interval (flagged untrusted when wider than TRUST_WIDTH), the
+end-to-end figure (encode + server + decode) against the plain model, the
+client's share, and the bytes on the wire per request (encoded inputs sent,
+server outputs returned; a server-side cache never travels). Nothing here is asserted in tests: numbers vary
 by machine.
 """
 from __future__ import annotations
@@ -17,50 +20,95 @@ from eeonnx.server import runtime
 from eeonnx.client.verify import plain_session, random_feeds
 
 
+TRUST_WIDTH = 0.05  # a 95% interval of the ratio wider than this cannot tell 1.00 from 1.05
+
+
 def _stats(samples: list[float]) -> dict:
     a = np.asarray(samples) * 1000.0
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90))}
 
 
+def ratio_interval(num: list[float], den: list[float], seed: int = 0, resamples: int = 1000) -> tuple:
+    """Median of the paired ratios num_i / den_i and a bootstrap 95% interval of it."""
+    r = np.asarray(num) / np.asarray(den)
+    rng = np.random.default_rng(seed)
+    meds = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1)
+    return float(np.median(r)), float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
+def _nbytes(values) -> int:
+    return int(sum(np.asarray(v).nbytes for v in values))
+
+
 def bench_model(model: str, out: str, *, provider: str = "cpu", iters: int = 50, warmup: int = 5,
                 dims: dict | None = None, seed: int = 0) -> dict:
+    """Interleaved timings (the order alternates per repeat) of the plain model, the
+    server model, and the client's encode + decode; symbolic dims from ``dims``
+    (else 2), a KV cache empty (its length from the manifest's state description),
+    token ids over the vocabulary, as verify feeds them."""
     from eeonnx import Client, Server
+    from eeonnx.client.verify import _plain_run
 
     providers = runtime.providers_for(None, provider)
     plain = plain_session(model, providers)
     server = Server(os.path.join(out, "server", "model.onnx"), providers)
     client = Client(out)
     client.check_server(server)
-    feeds = random_feeds(plain, dims, np.random.default_rng(seed))
-    enc = client.encode({n: feeds[n] for n in client.input_names})
-    # state (KV cache) bypasses encode; random values time the same
-    enc.update({s.get("server_input", s["input"]): feeds[s["input"]] for s in client.manifest.get("state", [])})
+    pairs = client.manifest.get("state", [])
+    empty = {s["input"]: s["axis"] for s in pairs + client.manifest.get("client_state", [])}
+    high = {c["name"]: c["value_size"] for c in client.manifest.get("inputs", []) if "value_size" in c}
+    rng = np.random.default_rng(seed)
+    feeds, _ = _plain_run(plain, lambda ones: random_feeds(plain, dims, rng, empty=empty, high=high,
+                                                           int_ones=ones))
+    originals = {n: feeds[n] for n in client.input_names}
+    state = {s.get("server_input", s["input"]): feeds[s["input"]] for s in pairs}  # stays on the server
+    enc = {**client.encode(originals), **state}
+    state_out = {s.get("server_output", s["output"]) for s in pairs}
     for _ in range(warmup):
         plain.run(None, feeds)
         server.run(enc)
     t_plain, t_server, t_client = [], [], []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        plain.run(None, feeds)
-        t1 = time.perf_counter()
-        outs = server.run(enc)
-        t2 = time.perf_counter()
-        client.decode(outs)
-        client.encode({n: feeds[n] for n in client.input_names})
-        t3 = time.perf_counter()
-        t_plain.append(t1 - t0)
-        t_server.append(t2 - t1)
-        t_client.append(t3 - t2)
-    p, s, c = _stats(t_plain), _stats(t_server), _stats(t_client)
+    outs = {}
+    for k in range(iters):
+        def run_plain():
+            t = time.perf_counter()
+            plain.run(None, feeds)
+            t_plain.append(time.perf_counter() - t)
+
+        def run_encrypted():
+            t0 = time.perf_counter()
+            sent = {**client.encode(originals), **state}
+            t1 = time.perf_counter()
+            got = server.run(sent)
+            t2 = time.perf_counter()
+            client.decode({n: v for n, v in got.items() if n not in state_out})
+            t3 = time.perf_counter()
+            t_server.append(t2 - t1)
+            t_client.append((t1 - t0) + (t3 - t2))
+            outs.update(got)
+
+        for step in ((run_plain, run_encrypted) if k % 2 == 0 else (run_encrypted, run_plain)):
+            step()
+    e2e = [a + b for a, b in zip(t_server, t_client)]
+    p, s, c, e = _stats(t_plain), _stats(t_server), _stats(t_client), _stats(e2e)
+    ratio, lo, hi = ratio_interval(t_server, t_plain, seed)
+    e_ratio, e_lo, e_hi = ratio_interval(e2e, t_plain, seed)
     return {
         "model": model,
         "provider": server.session.get_providers()[0],
         "iters": iters,
         "plain": p,
         "server": s,
-        "ratio_median": s["median_ms"] / p["median_ms"] if p["median_ms"] else float("nan"),
+        "end_to_end": e,
+        "ratio_median": ratio,
+        "ratio_interval": [lo, hi],
+        "ratio_trusted": hi - lo <= TRUST_WIDTH,
+        "end_to_end_ratio": e_ratio,
+        "end_to_end_interval": [e_lo, e_hi],
         "client_ms": c["median_ms"],
         "client_share": c["median_ms"] / p["median_ms"] if p["median_ms"] else float("nan"),
+        "wire_bytes": {"request": _nbytes(client.encode(originals).values()),
+                       "response": _nbytes(v for n, v in outs.items() if n not in state_out)},
     }
 
 

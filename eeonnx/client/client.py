@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from eeonnx.client.budget import TokenCounter
-from eeonnx.errors import ArtifactMismatchError
+from eeonnx.errors import ArtifactDirError, ArtifactMismatchError, InputError, NotALanguageModelError
 from eeonnx.server import runtime
 from eeonnx.server.session import Server
 
@@ -19,6 +19,7 @@ class Client:
         """``allow_over_budget``: encode past the key's hard token limit (see eeonnx.client.budget)."""
         client = os.path.join(os.fspath(out_dir), "client")
         self.out_dir = os.fspath(out_dir)
+        check_artifact_dir(self.out_dir)
         with open(os.path.join(client, "manifest.json"), encoding="utf-8") as f:
             self.manifest = json.load(f)
         self._enc = runtime.session(os.path.join(client, "encode.onnx"), list(providers))
@@ -29,6 +30,7 @@ class Client:
         self.server_outputs = self.manifest["server_outputs"]
         self.allow_over_budget = allow_over_budget
         self.budget = TokenCounter(client, self.manifest.get("key_fingerprint", ""), self.manifest.get("key_budget"))
+        self._declared = {i.name: (runtime.NP_TYPES.get(i.type), list(i.shape)) for i in self._enc.get_inputs()}
 
     @property
     def artifact_id(self) -> str | None:
@@ -53,14 +55,27 @@ class Client:
 
     def encode(self, inputs: dict) -> dict:
         """Original inputs (by name) -> server inputs (by server input name)."""
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise ValueError(f"missing inputs: {missing}")
+        feeds = self.conform(inputs)
         budget = self.budget.budget
-        if budget is not None and budget.get("input") in inputs:  # counted before anything is sent
-            self.budget.charge(int(np.asarray(inputs[budget["input"]]).size), self.allow_over_budget)
-        outs = self._enc.run(None, {n: np.asarray(inputs[n]) for n in self.input_names})
+        if budget is not None and budget.get("input") in feeds:  # counted before anything is sent
+            self.budget.charge(int(np.asarray(feeds[budget["input"]]).size), self.allow_over_budget)
+        outs = self._enc.run(None, feeds)
         return dict(zip(self.server_inputs, outs))
+
+    def conform(self, inputs: dict) -> dict:
+        """The original inputs checked against encode.onnx's declared names, shapes
+        and dtypes (lossless conversions applied, see eeonnx.client.inputs)."""
+        from eeonnx.client.inputs import conform
+
+        missing = [n for n in self.input_names if n not in inputs]
+        unknown = sorted(set(inputs) - set(self.input_names))
+        if missing or unknown:
+            raise InputError(f"the model's inputs are {self.input_names}; missing {missing}, unknown {unknown}")
+        out = {}
+        for n in self.input_names:
+            dtype, shape = self._declared[n]
+            out[n] = conform(n, inputs[n], dtype, shape) if dtype is not None else np.asarray(inputs[n])
+        return out
 
     def decode(self, outputs: dict) -> dict:
         """Server outputs (by server output name) -> original outputs (by name)."""
@@ -68,16 +83,26 @@ class Client:
         return dict(zip(self.output_names, self._dec.run(None, feeds)))
 
     def infer(self, server: Server, inputs: dict) -> dict:
-        """encode -> server.run -> decode (after checking the server's artifact id)."""
+        """encode -> server.run -> decode (after checking the server's artifact id); a
+        model with server-side state (a KV cache) runs one call from an empty cache
+        (batch = dim 0 of the first input)."""
         self.check_server(server)
-        return self.decode(server.run(self.encode(inputs)))
+        encoded = self.encode(inputs)
+        pairs = self.state_pairs()
+        if not pairs:
+            return self.decode(server.run(encoded))
+        batch = next(iter(self.conform(inputs).values())).shape[0]
+        outputs, _ = server.step(encoded, server.initial_state(pairs, batch=batch))
+        return self.decode(outputs)
 
     # -- generation -------------------------------------------------------------
     def token_input(self) -> tuple[str, int]:
         """(token-id input, vocabulary size): the input whose values index a permuted table."""
         ids = [c for c in self.manifest["inputs"] if "value_size" in c]
         if not ids:
-            raise ValueError("this model has no token-id input (no input indexes a permuted table)")
+            raise NotALanguageModelError(
+                f"{self.out_dir}: no input of this model carries token ids (none indexes a permuted table), "
+                "so it cannot generate text; use `eeonnx run` for encoders, CNNs and other models")
         return ids[0]["name"], ids[0]["value_size"]
 
     def token_io(self) -> tuple[str, str, int]:
@@ -86,7 +111,9 @@ class Client:
         name, vocab = self.token_input()
         logits = [c["name"] for c in self.manifest["outputs"] if c["shape"] and c["shape"][-1] == vocab]
         if not logits:
-            raise ValueError(f"no output has a last axis of the vocabulary size {vocab}")
+            raise NotALanguageModelError(
+                f"{self.out_dir}: no output has a last axis of the vocabulary size {vocab} (no logits), "
+                "so it cannot generate text; use `eeonnx run`")
         return name, logits[0], vocab
 
     def input_dtypes(self) -> dict:
@@ -117,3 +144,16 @@ class Client:
         from eeonnx.client.generate import generate
 
         return generate(self, server, prompt_ids, **kw)
+
+
+def check_artifact_dir(out_dir: str) -> None:
+    """Refuse, in one line, a path that is not an artifact directory (OUT with
+    client/ and server/), naming the right path when the user gave a part of one."""
+    if os.path.isfile(os.path.join(out_dir, "client", "manifest.json")):
+        return
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if os.path.isfile(os.path.join(out_dir, "manifest.json")) or os.path.isfile(os.path.join(out_dir, "model.onnx")):
+        raise ArtifactDirError(f"{out_dir} is a part of an artifact; pass the artifact directory {parent} "
+                               "(the one holding client/ and server/)")
+    raise ArtifactDirError(f"{out_dir} is not an artifact directory (no client/manifest.json); "
+                           "pass the -o directory of `eeonnx compile`")

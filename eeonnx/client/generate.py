@@ -12,7 +12,10 @@ Feeds for the original model's inputs are built per step:
   place names are used (never in the compiler): ``*mask*`` gets ones over the
   whole length, ``*position*`` gets positions, ``*type*`` gets zeros; pass
   ``extra_inputs(name, past, new, batch)`` to build anything else.
-Models without state recompute the whole prefix every step.
+Models compiled with ``--client-state`` carry their cache through
+encode/decode: the manifest's ``client_state`` pairs (original names) start
+empty (length 0 on the cache axis) and each step feeds back the decoded
+present values. Models without state recompute the whole prefix every step.
 """
 from __future__ import annotations
 
@@ -43,7 +46,9 @@ def _default_input(name: str, dtype, past: int, new: int, batch: int) -> np.ndar
         return np.broadcast_to(np.arange(past, past + new), (batch, new)).astype(dtype)
     if "type" in low:
         return np.zeros((batch, new), dtype=dtype)
-    raise ValueError(
+    from eeonnx.errors import InputError
+
+    raise InputError(
         f"don't know how to build input '{name}' for generation; pass extra_inputs=(name, past, new, batch) -> array"
     )
 
@@ -58,7 +63,11 @@ def generate(client, server, prompt_ids, *, max_new_tokens: int = 20, temperatur
     ids = np.asarray(prompt_ids, dtype=dtypes[token_input]).reshape(1, -1)
     client.check_server(server)
     state = server.initial_state(client.state_pairs(), batch=1)
-    stateful = bool(state)
+    carried = client.manifest.get("client_state", [])
+    cache = {p["input"]: np.zeros([0 if k == p["axis"] else (d if isinstance(d, int) else 1)
+                                   for k, d in enumerate(p["shape"])], dtype=dtypes[p["input"]])
+             for p in carried}
+    stateful = bool(state) or bool(cache)
     past, new = 0, ids
     history = ids
     eos = set(int(e) for e in eos_ids)
@@ -69,12 +78,17 @@ def generate(client, server, prompt_ids, *, max_new_tokens: int = 20, temperatur
         for name in client.input_names:
             if name == token_input:
                 feeds[name] = new
+            elif name in cache:
+                feeds[name] = cache[name]
             elif extra_inputs is not None and (v := extra_inputs(name, past, new.shape[1], 1)) is not None:
                 feeds[name] = np.asarray(v, dtype=dtypes[name])
             else:
                 feeds[name] = _default_input(name, dtypes[name], past, new.shape[1], 1)
         outputs, state = server.step(client.encode(feeds), state)
-        logits = client.decode(outputs)[logits_output]
+        decoded = client.decode(outputs)
+        logits = decoded[logits_output]
+        for p in carried:
+            cache[p["input"]] = decoded[p["output"]]
         token = sample(logits[0, -1, :vocab], temperature, top_k, rng)
         yield token
         if token in eos:

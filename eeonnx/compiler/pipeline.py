@@ -37,6 +37,7 @@ class Compilation:
     analysis: propagate.Analysis | None = None
     classes: dict = field(default_factory=dict)
     state: list = field(default_factory=list)
+    client_state: list = field(default_factory=list)
     split: split.SplitPlan | None = None
     server_proto: onnx.ModelProto | None = None
     tokenizer: dict | None = None
@@ -148,6 +149,9 @@ class Compilation:
                        "server_input": self.server_name(s.input), "server_output": self.server_name(s.output),
                        "axis": s.axis, "dtype": s.dtype, "shape": s.shape, "empty_shape": s.empty_shape()}
                       for s in self.state],
+            # --client-state: the cache pairs (original names) that pass through encode/decode
+            "client_state": [{"input": s.input, "output": s.output, "axis": s.axis, "dtype": s.dtype,
+                              "shape": s.shape} for s in self.client_state],
             "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1), "group": c.group}
                         for c in self.classes.values()],
             "key_bits": round(self.key_bits, 1),
@@ -200,7 +204,16 @@ def _client_tokenizer(comp: Compilation, path: str) -> dict:
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise TokenizerMapError(f"--tokenizer {path}: cannot read it ({e})") from None
-    encrypted, _summary = encrypt_tokenizer_json(data, np.argsort(ids[0].value_index), source=path)
+    encrypted, summary = encrypt_tokenizer_json(data, np.argsort(ids[0].value_index), source=path)
+    if summary["ids_used"] < summary["embedding_rows"]:
+        import warnings
+
+        from eeonnx.errors import EEWarning
+
+        warnings.warn(f"--tokenizer {path} produces {summary['ids_used']} distinct ids but the model's vocabulary "
+                      f"has {summary['embedding_rows']} rows: {summary['embedding_rows'] - summary['ids_used']} "
+                      "can never come from text (a padded vocabulary, or a tokenizer of another model?)",
+                      EEWarning, stacklevel=2)
     return encrypted
 
 
@@ -233,6 +246,8 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_
     keygen.KeygenPass(comp)(m)
     if server_state:
         state.StatePass(comp)(m)
+    else:  # the same pairs, carried by the client through encode/decode (generate feeds them back)
+        comp.client_state = state.find_state(m)
     transforms.TransformsPass(comp, transforms_mode, allow_rounding)(m)
     return comp
 

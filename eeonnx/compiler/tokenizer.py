@@ -172,6 +172,7 @@ def encrypt_tokenizer_json(data: dict, id_map: np.ndarray, source: str = "tokeni
         "pinned_in_vocab": n_pinned,
         "special_tokens": m.specials,
         "embedding_rows": m.n,
+        "ids_used": len(m.seen),
     }
     return out, summary
 
@@ -190,6 +191,7 @@ class _Mapper:
             raise TokenizerMapError(f"id_map must be a permutation of range({n}) (argsort of the table permutation)")
         self.map, self.n, self.source = a, n, source
         self.specials = 0
+        self.seen: set[int] = set()  # plain ids the tokenizer can produce
 
     def __call__(self, i: Any, where: str) -> int:
         if isinstance(i, bool) or not isinstance(i, int):
@@ -200,6 +202,7 @@ class _Mapper:
                 f"({self.n} rows): the tokenizer's vocabulary is larger than the model's, "
                 f"so it does not belong to this model"
             )
+        self.seen.add(i)
         return int(self.map[i])
 
 
