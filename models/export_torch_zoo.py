@@ -25,7 +25,7 @@ inside :func:`main`, so this module can be imported without it.
 
 Usage::
 
-    python models/export_torch_zoo.py --out /work/scratch/zoo
+    python models/export_torch_zoo.py --out out/zoo
     python models/export_torch_zoo.py --out zoo --only resnet_like yolov8_like
 """
 
@@ -783,7 +783,7 @@ def export_one(torch, spec, exporter, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="scratch/zoo", help="output directory (default: %(default)s)")
+    ap.add_argument("--out", default=os.path.join("out", "zoo"), help="output directory (default: %(default)s)")
     ap.add_argument("--only", nargs="*", help="export only these model names")
     ap.add_argument("--exporters", nargs="*", default=["ts", "dynamo"], choices=["ts", "dynamo"],
                     help="exporters to run (default: both)")

@@ -39,8 +39,9 @@ this module can be imported without them.
 
 Usage::
 
-    HF_HUB_OFFLINE=1 /work/torchvenv/bin/python models/export_transformers.py --out /work/scratch/tzoo
-    python models/export_transformers.py --out DIR --only llama llama_kv --exporters dynamo
+    pip install torch transformers tokenizers       # optional extras, not needed by eeonnx itself
+    HF_HUB_OFFLINE=1 python models/export_transformers.py --out out/tzoo
+    python models/export_transformers.py --out out/tzoo --only llama llama_kv --exporters dynamo
 """
 
 from __future__ import annotations
@@ -628,7 +629,7 @@ def reshape_targets(m):
 # --------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="/work/scratch/tzoo", help="output directory (default: %(default)s)")
+    ap.add_argument("--out", default=os.path.join("out", "tzoo"), help="output directory (default: %(default)s)")
     ap.add_argument("--only", nargs="*", help="export only these model names")
     ap.add_argument("--exporters", nargs="*", default=["ts", "dynamo"], choices=["ts", "dynamo"],
                     help="exporters to run (default: both)")
