@@ -118,7 +118,7 @@ def build(path: str, target_bytes: int, dtype: str, d: int = 2048, vocab: int = 
     return {"layers": layers, "d_model": d, "ffn": ffn, "vocab": vocab, "dtype": dtype, "bytes": size}
 
 
-def child(src: str, out: str) -> None:
+def child(src: str, out: str, transforms: str = "permutation") -> None:
     """Compile in this process while sampling anonymous and file-backed resident memory
     (memory-mapped weights count as file-backed: the kernel can drop them at will)."""
     import threading
@@ -138,20 +138,23 @@ def child(src: str, out: str) -> None:
     import eeonnx
 
     t0 = time.perf_counter()
-    eeonnx.compile(src, out)
+    eeonnx.compile(src, out, transforms=transforms)
     print(json.dumps({"compile_s": round(time.perf_counter() - t0, 2),
                       "peak_anon_MB": peak["RssAnon:"] // 1024, "peak_file_backed_MB": peak["RssFile:"] // 1024}))
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3])
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--child":
+        child(*sys.argv[2:])
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=3.0, help="Weight bytes to generate, in GB.")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     ap.add_argument("--workdir", default="/tmp/eeonnx-big")
     ap.add_argument("--keep", action="store_true", help="Keep the generated model and artifact.")
+    ap.add_argument("--transforms", choices=["permutation", "max"], default="permutation",
+                    help="compile --transforms (max: continuous groups where exact; float32 only "
+                         "unless the compiler is told to allow rounding)")
     a = ap.parse_args()
     shutil.rmtree(a.workdir, ignore_errors=True)
     os.makedirs(a.workdir)
@@ -160,7 +163,9 @@ def main() -> int:
     info = build(src, int(a.gb * 1e9), a.dtype)
     info["generate_s"] = round(time.perf_counter() - t0, 1)
     out = os.path.join(a.workdir, "out")
-    proc = subprocess.run([sys.executable, __file__, "--child", src, out], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", src, out, a.transforms],
+                          capture_output=True, text=True)
+    info["transforms"] = a.transforms
     info["compile_ok"] = proc.returncode == 0
     if proc.returncode == 0:
         measured = json.loads(proc.stdout.strip().splitlines()[-1])

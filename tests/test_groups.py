@@ -281,3 +281,70 @@ def test_check_spec_shows_groups():
     assert "class groups:" in r.output and ": diagonal" in r.output
     r = CliRunner().invoke(cli_main, ["check", str(ROOT / "models" / "mlp.onnx"), "--spec"])
     assert ": diagonal" not in r.output and ": permutation" in r.output
+
+
+def test_swiglu_scales_up_never_the_gate(tmp_path):
+    """h = silu(x Wg) * (x Wu); y = h Wd: the hidden class is diagonal, Wg's hidden axis
+    stays a permutation (the gate sits behind a sigmoid), Wu and Wd take the scale."""
+    g = Builder()
+    rng = np.random.default_rng(3)
+    x = g.input("x", [3, 8])
+    wg, wu, wd = (g.const(n, (rng.standard_normal(s) / 3).astype(np.float32))
+                  for n, s in (("wg", (8, 16)), ("wu", (8, 16)), ("wd", (16, 8))))
+    gate = g.node("MatMul", [x, wg])
+    silu = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
+    h = g.node("Mul", [silu, g.node("MatMul", [x, wu])])
+    g.node("MatMul", [h, wd], "y")
+    g.output("y")
+    m = g.build()
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    comp = eeonnx.compile(path, tmp_path / "out", split="none", min_key_bits=0, transforms="max")
+    assert next(c.group for c in comp.classes.values() if c.size == 16) == "diagonal"
+    _check_artifact(path, tmp_path / "out", comp, random_feeds(m))
+    axes = _transformed_axes(comp)
+    assert 1 in axes["wu"] and 0 in axes["wd"] and 1 not in axes.get("wg", [])
+
+
+def _norm_model(post_norm: bool) -> onnx.ModelProto:
+    """x -> LayerNorm(gamma, beta) -> MatMul W (pre-norm); with post_norm the normalised
+    output is also added back to x and normalised again (it feeds a norm: no scale)."""
+    g = Builder(opset=17)
+    rng = np.random.default_rng(5)
+    x = g.input("x", [3, 16])
+    gamma = g.const("gamma", (1 + 0.3 * rng.standard_normal(16)).astype(np.float32))
+    beta = g.const("beta", (0.3 * rng.standard_normal(16)).astype(np.float32))
+    w = g.const("w", (rng.standard_normal((16, 8)) / 4).astype(np.float32))
+    n = g.node("LayerNormalization", [x, gamma, beta], axis=-1)
+    if post_norm:
+        gamma2 = g.const("gamma2", (1 + 0.3 * rng.standard_normal(16)).astype(np.float32))
+        beta2 = g.const("beta2", (0.3 * rng.standard_normal(16)).astype(np.float32))
+        n = g.node("LayerNormalization", [g.node("Add", [x, n]), gamma2, beta2], axis=-1)
+    g.node("MatMul", [n, w], "y")
+    g.output("y")
+    return g.build()
+
+
+def test_prenorm_output_takes_a_diagonal_on_gain_and_bias(tmp_path):
+    m = _norm_model(post_norm=False)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    comp = eeonnx.compile(path, tmp_path / "out", split="none", min_key_bits=0, transforms="max",
+                          allow_weak=("y", "x"))
+    _check_artifact(path, tmp_path / "out", comp, random_feeds(m))
+    axes = _transformed_axes(comp)
+    assert axes.get("gamma") == [0] and axes.get("beta") == [0] and 0 in axes["w"]
+
+
+def test_norm_output_feeding_a_norm_is_not_scaled(tmp_path):
+    """Post-norm: the first norm's output feeds the second norm (through the residual Add),
+    so its gain/bias stay permuted only; the last norm's output feeds a MatMul: scaled."""
+    m = _norm_model(post_norm=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    comp = eeonnx.compile(path, tmp_path / "out", split="none", min_key_bits=0, transforms="max",
+                          allow_weak=("y", "x"))
+    _check_artifact(path, tmp_path / "out", comp, random_feeds(m))
+    axes = _transformed_axes(comp)
+    assert "gamma" not in axes and "beta" not in axes
+    assert axes.get("gamma2") == [0] and axes.get("beta2") == [0]

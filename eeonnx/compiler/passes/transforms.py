@@ -153,6 +153,10 @@ class GroupView:
         if group != G.LINEAR:
             self.solver.note(self.solver.why_limited, a[1], f"{self.where}: {group.name} at most")
 
+    def is_zero(self, node) -> bool:
+        """Already forced to exponent 0 (final: relations never undo a zero)."""
+        return self.solver.rel.exponent(node) == 0
+
     def zero(self, *nodes) -> None:
         for n in nodes:
             self.covered.add(n)

@@ -15,9 +15,11 @@ Why each group:
   (ReLU, LeakyReLU, PReLU with its slope unscaled, Max/Min, MaxPool,
   ReduceMax), or multiplies by a per-element vector of the same class
   (a constant operand carrying the class is then only permuted), or divides
-  by a transformed tensor; BatchNormalization's output takes the scale on
-  gamma/beta (its input and statistics stay unscaled: eps cannot follow a
-  per-channel scale).
+  by a transformed tensor; a normalisation's output (BatchNormalization,
+  LayerNormalization, RMSNorm, decomposed or fused) takes the scale on its
+  gain/bias (its input and statistics stay unscaled: eps cannot follow a
+  per-channel scale). So a pre-norm stream's normalised output is scaled;
+  the residual stream itself, which feeds a norm, stays a permutation.
 - Everything else (GELU, sigmoid, tanh, softmax, LayerNorm, Pow, Where,
   Cast, quantization ops, fused contrib ops...) is not listed: permutation.
 """
@@ -121,8 +123,10 @@ def multilinear(v, mult=(0, 1), add=(), inv=()) -> None:
             if len(carriers) == 1:
                 _, k, s = carriers[0]
                 v.relate(yk, k, s, LINEAR if s == 1 else DIAGONAL)
-            elif len(carriers) == 2 and any(o.free for o, _, _ in carriers):
-                const = next(c for c in carriers if c[0].free)
+            elif len(carriers) == 2 and any(o.free or v.is_zero(k) for o, k, _ in carriers):
+                # one factor stays unscaled: a constant, or a tensor already known to be
+                # permuted only (a gate behind a sigmoid: SwiGLU scales `up`, never the gate)
+                const = next(c for c in carriers if c[0].free or v.is_zero(c[1]))
                 other = next(c for c in carriers if c is not const)
                 v.zero(const[1])
                 v.relate(yk, other[1], other[2], DIAGONAL)
@@ -206,19 +210,41 @@ def _maxpool(v) -> None:
     move(v, DIAGONAL, outputs=(0,))
 
 
-@group_rule("BatchNormalization")
-def _batchnorm(v) -> None:
-    """Inference form only (one output): Y = gamma (X - mean) / sqrt(var + eps) + beta.
-    X and the statistics stay unscaled; gamma and beta take Y's scale."""
-    if v.n_out != 1:
-        return
-    y, gamma, beta = v.out(0), v.inp(1), v.inp(2)
-    if y is None or gamma is None or beta is None:
+def norm_affine(v, scale: int = 1, bias: int | None = 2) -> None:
+    """Y = normalize(X) * scale + bias: X (and any statistics) stay unscaled, since
+    a normalisation's eps cannot follow a per-element scale; Y takes a positive
+    diagonal carried by scale and bias (DIAGONAL). Classes of Y that scale does
+    not carry (the rows being normalised) get 0."""
+    y, g = v.out(0), v.inp(scale)
+    b = v.inp(bias) if bias is not None else None
+    if y is None or g is None:
         return
     for uid, yk in y.vars.items():
-        if uid in gamma.vars and uid in beta.vars:
-            v.relate(gamma.vars[uid], yk, 1, DIAGONAL)
-            v.relate(beta.vars[uid], yk, 1, DIAGONAL)
+        if uid in g.vars and (b is None or uid in b.vars):
+            v.relate(g.vars[uid], yk, 1, DIAGONAL)
+            if b is not None:
+                v.relate(b.vars[uid], yk, 1, DIAGONAL)
+
+
+@group_rule("BatchNormalization")
+def _batchnorm(v) -> None:
+    """Inference form only (one output): Y = gamma (X - mean) / sqrt(var + eps) + beta;
+    mean and var (inputs 3, 4) stay unscaled."""
+    if v.n_out == 1:
+        norm_affine(v)
+
+
+@group_rule("LayerNormalization", "InstanceNormalization")
+def _layernorm(v) -> None:
+    """Y = (X - mean) / sqrt(var + eps) * scale + B: the statistics outputs (if any) are
+    left uncovered (permuted only); so is X."""
+    norm_affine(v, 1, 2 if v.inp(2) is not None else None)
+
+
+@group_rule("SimplifiedLayerNormalization")
+def _rmsnorm(v) -> None:
+    """Y = X / sqrt(mean(X^2) + eps) * scale (RMSNorm)."""
+    norm_affine(v, 1, None)
 
 
 @group_rule("Gather")
