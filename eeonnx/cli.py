@@ -484,5 +484,51 @@ def budget_cmd(out, audit_json, target, hard_target):
     click.echo(f"  source: {current['source']}")
 
 
+@main.command("audit")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--original", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="The public original model: run the known-weights attack.")
+@click.option("--base", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="A public base model OUT was fine-tuned from: run the fine-tune alignment.")
+@click.option("--text", "texts", multiple=True, type=click.Path(exists=True, path_type=str),
+              help="English text (file or folder, repeatable) for the frequency attack "
+                   "(default: Python's documentation found locally).")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Folder of PNG/JPEG images for the image-wire attack (default: bundled synthetic pictures).")
+@click.option("--link", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="A second artifact: can the server tell both come from one model?")
+@click.option("--budget", default=60.0, show_default=True, help="Seconds each attack may take.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable scorecard (fields: see eeonnx/audit/scorecard.py).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=str),
+              help="Write a Markdown report with plots (audit.md, audit.json, *.png) here.")
+def audit_cmd(out, original, base, texts, images_dir, link, budget, as_json, report_dir):
+    """Attack the artifact OUT as an untrusted server would, and score what was learned.
+
+    Each attack gets exactly its attacker's knowledge (the server model; plus
+    --original / --base weights; plus reference text), never the key or client
+    files; the scores come from the key afterwards. The scorecard gives threat
+    model, what was recovered, time, and a verdict against a stated target.
+
+    \b
+    Examples:
+      eeonnx audit out/bert --original models/fixtures/bert.ts.onnx
+      eeonnx audit out/cnn --images photos/ --report audit-cnn/
+      eeonnx audit out/minilm --text corpus.txt --json > audit.json
+    """
+    import sys
+
+    from eeonnx.audit.scorecard import audit, to_json, to_text
+
+    progress = sys.stderr if sys.stderr.isatty() else None
+    r = audit(out, original=original, base=base, texts=list(texts), images_dir=images_dir, link=link,
+              budget=budget, progress=progress)
+    if report_dir:
+        from eeonnx.audit.report import write_report
+
+        for path in write_report(r, report_dir):
+            click.echo(f"wrote {path}", err=True)
+    click.echo(to_json(r) if as_json else to_text(r))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1 @@
+"""Attack 2, fine-tune alignment: placeholder replaced below."""

@@ -1,0 +1,87 @@
+"""The auditor's ground truth, read from the client side after an attack returned.
+
+Only :mod:`eeonnx.audit.score` and the scorecard use this module; no attack
+imports it (``tests/test_audit.py`` runs the attacks on a copy of OUT with
+``client/`` removed). The truth is the compile's own record
+(``client/rekey.json``: every class's permutation and each server
+initializer's per-axis layout term) and ``client/manifest.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from eeonnx.compiler.rekey import materialize_json
+
+
+class GroundTruth:
+    def __init__(self, out_dir):
+        client = os.path.join(os.fspath(out_dir), "client")
+        with open(os.path.join(client, "manifest.json"), encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        path = os.path.join(client, "rekey.json")
+        self.record = {"classes": [], "files": {}}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                self.record = json.load(f)
+        self.classes = {c["name"]: c for c in self.record["classes"]}
+        self.perms = {n: np.asarray(c["perm"], dtype=np.int64) for n, c in self.classes.items() if "perm" in c}
+        self.sizes = {n: int(c["size"]) for n, c in self.classes.items()}
+        self.terms = self.record["files"].get("server/model.onnx", {})
+
+    def axis_index(self, name: str, axis: int):
+        """Index array p of a server initializer's axis (server = plain.take(p, axis)),
+        or None when the axis is public or its class is not a permutation."""
+        entry = self.terms.get(name)
+        if entry is None or "fold" not in entry or axis >= len(entry["fold"]):
+            return None
+        term = entry["fold"][axis]
+        if "p" in term or any(c not in self.perms for c in _classes(term)):
+            return None
+        return materialize_json(term, self.perms, self.sizes)
+
+    def axis_classes(self, name: str, axis: int) -> list[str]:
+        """Every class in the axis's term (one for a plain class axis, several under Kron/Cat)."""
+        entry = self.terms.get(name)
+        if entry is None or axis >= len(entry.get("fold", [])):
+            return []
+        return _classes(entry["fold"][axis])
+
+    def axis_class(self, name: str, axis: int):
+        """The class name when the axis is exactly one class, else None."""
+        entry = self.terms.get(name)
+        if entry is None or axis >= len(entry.get("fold", [])):
+            return None
+        return entry["fold"][axis].get("c")
+
+    def plain(self, name: str, server_tensor: np.ndarray) -> np.ndarray:
+        """The plain tensor behind a server initializer (undo each permuted axis)."""
+        out = server_tensor
+        for axis in range(server_tensor.ndim):
+            p = self.axis_index(name, axis)
+            if p is not None:
+                out = out.take(np.argsort(p), axis=axis)
+        return out
+
+    def vocabulary(self):
+        """(token input, class name, vocabulary size) of the token-id input, or None."""
+        for c in self.manifest.get("inputs", []):
+            if "value_size" in c and c.get("value_layout"):
+                name = c["value_layout"].split("[")[0]
+                if name in self.perms:
+                    return c["name"], name, int(c["value_size"])
+        return None
+
+    def secret_classes(self) -> list[str]:
+        return list(self.classes)
+
+
+def _classes(term) -> list[str]:
+    if "c" in term:
+        return [term["c"]]
+    out = []
+    for part in term.get("cat", []) + term.get("kron", []):
+        out += _classes(part)
+    return out
