@@ -153,3 +153,27 @@ def test_linkability_of_two_keys_of_one_model(tmp_path, bert_out):
     eeonnx.compile(BERT, str(other))
     link = structure.linkability(ServerView(bert_out), ServerView(other))
     assert link["matched"] > 0.9
+
+
+def test_finetune_alignment_recovers_a_noisy_fine_tune(tmp_path):
+    pytest.importorskip("scipy")
+    from eeonnx.audit import finetune
+
+    # a simulated private fine-tune of the public BERT fixture: Gaussian deltas of 30% of each tensor's scale
+    m = onnx.load(BERT)
+    rng = np.random.default_rng(0)
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.float32 and a.size > 1:
+            sd = a.std() if a.std() > 0 else 0.02
+            t.CopyFrom(numpy_helper.from_array((a + 0.3 * sd * rng.standard_normal(a.shape)).astype(np.float32),
+                                               t.name))
+    onnx.save(m, tmp_path / "private.onnx")
+    out = tmp_path / "out"
+    eeonnx.compile(str(tmp_path / "private.onnx"), str(out))
+    view = ServerView(_server_only(str(out), tmp_path))
+    exact = known_weights.attack(view.float_weights(), load_weights(BERT))
+    assert len(exact["unmatched"]) > 30  # the values changed: exact matching finds nothing
+    rec = finetune.attack(view.float_weights(), load_weights(BERT))
+    s = score_alignment(rec, GroundTruth(str(out)), view.weights)
+    assert s["vocabulary"] == 1.0 and s["classes_recovered"] == 1.0, s

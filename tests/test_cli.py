@@ -47,9 +47,11 @@ def test_compile_summary_and_files(cnn_out):
 def test_compile_prints_classes_bits_coverage_and_wire(tmp_path):
     r = run("compile", CNN, "-o", tmp_path / "o")
     assert r.exit_code == 0
-    assert "key space" in r.output and "secret axis classes" in r.output
+    assert "permutation entropy" in r.output and "secret axis classes" in r.output
+    assert "key space" not in r.output and "key bits" not in r.output  # entropy is not presented as security
     assert "weights under a secret permutation" in r.output
-    assert "key bits" in r.output  # per wire tensor
+    assert "wire stem.conv_out: permutation entropy" in r.output  # per wire tensor
+    assert "structural exposures" in r.output and "eeonnx audit" in r.output
 
 
 def test_existing_output_needs_force(cnn_out):

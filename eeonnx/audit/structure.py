@@ -23,9 +23,13 @@ ALLOWED_METADATA = {"eeonnx.artifact_id", "eeonnx.state"}
 
 def metadata_exposures(view: ServerView) -> list[dict]:
     """Names, producer, doc strings and metadata kept in the server file."""
-    p = view.proto
+    return proto_exposures(view.proto)
+
+
+def proto_exposures(p) -> list[dict]:
+    """:func:`metadata_exposures` on a ModelProto."""
     out = []
-    kept = {k: v[:60] for k, v in view.metadata.items() if k not in ALLOWED_METADATA}
+    kept = {m.key: m.value[:60] for m in p.metadata_props if m.key not in ALLOWED_METADATA}
     if kept:
         out.append({"kind": "metadata", "detail": f"{len(kept)} metadata entries besides the artifact id/state",
                     "items": sorted(kept)})

@@ -154,7 +154,9 @@ class Compilation:
                               "shape": s.shape} for s in self.client_state],
             "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1), "group": c.group}
                         for c in self.classes.values()],
-            "key_bits": round(self.key_bits, 1),
+            "key_bits": round(self.key_bits, 1),  # same number, old name (kept for compatibility)
+            # log2 of the number of permutations: not a security measure (see `eeonnx audit`)
+            "permutation_entropy_bits": round(self.key_bits, 1),
             "coverage": {"weight_bytes": self.weight_bytes, "permuted_bytes": self.permuted_bytes,
                          "share": round(self.permuted_bytes / self.weight_bytes, 4) if self.weight_bytes else 0.0,
                          "groups": self.group_shares()},

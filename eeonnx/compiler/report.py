@@ -14,7 +14,24 @@ def _bytes(n: int) -> str:
 def class_summary(comp) -> str:
     sizes = sorted((c.size for c in comp.classes.values()), reverse=True)
     shown = ", ".join(map(str, sizes[:12])) + (", ..." if len(sizes) > 12 else "")
-    return f"{len(sizes)} secret axis classes (sizes {shown or '-'}), key space {comp.key_bits:.0f} bits"
+    return (f"{len(sizes)} secret axis classes (sizes {shown or '-'}), "
+            f"permutation entropy {comp.key_bits:.0f} bits")
+
+
+#: Printed wherever permutation counts are shown: they are not a security measure.
+ENTROPY_NOTE = ("permutation entropy counts permutations (log2 n!), it is not security: "
+                "`eeonnx audit OUT` measures what a server recovers")
+
+
+def exposure_lines(classes, server_proto=None) -> list[str]:
+    """Structural exposures visible without running anything: classes of size <= 2,
+    names/producer/metadata kept in the server file (see eeonnx.audit.structure)."""
+    from eeonnx.audit import structure
+
+    found = structure.small_class_exposures([{"name": c.name, "size": c.size} for c in classes])
+    if server_proto is not None:
+        found += structure.proto_exposures(server_proto)
+    return [f"{e['kind']}: {e['detail']}" for e in found]
 
 
 def pins_lines(comp) -> list[str]:
@@ -49,9 +66,13 @@ def compile_summary(comp, out: str, seconds: float) -> str:
                          f"client share {s.flops_client / max(1, s.flops_total):.1%} of FLOPs, "
                          f"{s.bytes_client / max(1, s.bytes_total):.1%} of weight bytes")
         for name, bits in s.bits.items():
-            lines.append(f"  wire {name}: {bits:.0f} key bits")
+            lines.append(f"  wire {name}: permutation entropy {bits:.0f} bits")
         for name in s.public:
             lines.append(f"  wire {name}: public structure (clear)")
+    exposures = exposure_lines(comp.classes.values(), comp.server_proto)
+    lines.append(f"  structural exposures: {len(exposures) or 'none found'}")
+    lines += [f"    {e}" for e in exposures]
+    lines.append(f"  {ENTROPY_NOTE}")
     pins = pins_lines(comp)
     lines.append(f"  pinned axes: {len(pins) or 'none'}")
     lines += [f"    {p}" for p in pins]
@@ -99,7 +120,9 @@ def check_report(comp) -> dict:
         "ops": dict(sorted(ops.items())),
         "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1), "group": c.group}
                     for c in comp.classes.values()],
-        "key_bits": round(comp.key_bits, 1),
+        "key_bits": round(comp.key_bits, 1),  # kept for compatibility: the same number as below
+        "permutation_entropy_bits": round(comp.key_bits, 1),
+        "exposures": exposure_lines(comp.classes.values()),
         "compilable": not comp.unsupported and "error" not in split_info,
     }
 
@@ -122,7 +145,7 @@ def _split_preview(comp) -> dict:
 
 def check_text(report: dict) -> str:
     lines = [f"{report['model']}: {'compilable' if report['compilable'] else 'NOT compilable'}, "
-             f"{len(report['classes'])} secret classes, key space {report['key_bits']:.0f} bits"]
+             f"{len(report['classes'])} secret classes, permutation entropy {report['key_bits']:.0f} bits"]
     s = report.get("split", {})
     if "error" in s:
         lines.append(f"  split (auto, 128 bits): impossible: {s['error']}")
@@ -131,7 +154,7 @@ def check_text(report: dict) -> str:
                      f"{len(s['client_suffix'])} to decode.onnx; client share {s['client_flops_share']:.1%} "
                      f"of FLOPs, {s['client_weight_bytes_share']:.1%} of weight bytes")
         for name, bits in s["wire_bits"].items():
-            lines.append(f"    wire {name}: {bits:.0f} key bits")
+            lines.append(f"    wire {name}: permutation entropy {bits:.0f} bits")
         for name in s["public_structure"]:
             lines.append(f"    wire {name}: public structure")
     for kind in ("inputs", "outputs"):
@@ -140,6 +163,9 @@ def check_text(report: dict) -> str:
             if c.get("value_layout"):
                 state += f" (values: {c['value_layout']})"
             lines.append(f"  {kind[:-1]} {c['name']} {c['shape']}: {state}")
+    for e in report.get("exposures", []):
+        lines.append(f"  structural exposure: {e}")
+    lines.append(f"  {ENTROPY_NOTE.replace('OUT', 'OUT (after compile)')}")
     width = max((len(k) for k in report["ops"]), default=8)
     for op, e in report["ops"].items():
         lines.append(f"  {op:<{width}} x{e['count']:<4} {e['status']}")
