@@ -25,14 +25,20 @@ import numpy as np
 from eeonnx.audit.view import FLOAT_TYPES
 
 
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The values as unsigned integers of the same width: sorting these is canonical
+    (a float sort leaves -0.0 and 0.0, or NaNs, in input order)."""
+    return np.ascontiguousarray(a).view(f"u{a.dtype.itemsize}")
+
+
 def _fingerprint(a: np.ndarray) -> str:
-    return hashlib.sha1(np.sort(a.ravel()).tobytes()).hexdigest()
+    return hashlib.sha1(np.sort(_bits(a).ravel()).tobytes()).hexdigest()
 
 
 def slice_signatures(a: np.ndarray, axis: int) -> list[bytes]:
     """Sorted values of every slice along ``axis``: invariant to permutations of
     every other axis."""
-    s = np.sort(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1), axis=1)
+    s = np.sort(np.moveaxis(_bits(a), axis, 0).reshape(a.shape[axis], -1), axis=1)
     return [row.tobytes() for row in s]
 
 

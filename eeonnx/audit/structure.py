@@ -10,7 +10,6 @@ Each exposure is ``{"kind", "detail", "items"}``.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 
 import numpy as np
@@ -53,7 +52,9 @@ def proto_exposures(p) -> list[dict]:
 
 
 def _fp(a: np.ndarray) -> str:
-    return hashlib.sha1(np.sort(a.ravel()).tobytes()).hexdigest()
+    from eeonnx.audit.known_weights import _fingerprint
+
+    return _fingerprint(a)
 
 
 def tied_exposures(view: ServerView, min_size: int = 16) -> list[dict]:
