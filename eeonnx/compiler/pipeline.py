@@ -75,6 +75,10 @@ class Compilation:
             if value in self.analysis.uniform_shared:
                 out[name] = ["uniform"] * len(value.const_value.shape)
                 continue
+            view = self.analysis.storage.get(value)
+            if view is not None:  # packed weights: the logical axes, packing noted
+                out[name] = view.describe(self.show)
+                continue
             terms = self.analysis.known(value)
             out[name] = [self.show(t) for t in terms] if terms is not None else ["?"]
         return out

@@ -339,7 +339,9 @@ def build_split(comp, model: ir.Model, plan) -> None:
             suffix_inputs[name] = wire
     produced_by_suffix = {o for k in plan.suffix for o in full.graph.node[k].output}
     out_rename = {n: n + "__sfx" for n in original_out if n in produced_by_suffix}
-    nodes += [_rename(full.graph.node[k], suffix_inputs, out_rename) for k in sorted(plan.suffix)]
+    # an original output that later suffix nodes also read (BERT's pooler reads
+    # last_hidden_state) is read under its renamed, still-permuted name
+    nodes += [_rename(full.graph.node[k], {**suffix_inputs, **out_rename}, out_rename) for k in sorted(plan.suffix)]
     items = crossings(comp, [by_name[n] for n in original_out], False, refuse=False)
     for i, c in enumerate(items):
         src = out_rename.get(c.name) or suffix_inputs.get(c.name, c.name + SUFFIX)

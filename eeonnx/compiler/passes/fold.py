@@ -10,6 +10,11 @@ memory-mapped external data) is read when the model is saved, one tensor
 at a time. Fills ``comp.weight_bytes``, ``comp.permuted_bytes`` and
 ``comp.group_bytes`` (group name -> bytes of initializers whose strongest
 transform is that group; "permutation" = permuted only).
+
+An initializer with a storage view (packed sub-byte weights, see
+compiler/storage.py) is permuted on its logical axes and repacked instead:
+``logical(W_server) = logical(W).take(p_0, 0)...``; the ops that read such
+weights have no group statement, so their classes are permutations only.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import onnx_ir as ir
 
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
+from eeonnx.compiler import storage as S
 
 
 def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.ndarray | None]:
@@ -53,6 +59,15 @@ def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=No
     return ir.LazyTensor(load, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name)
 
 
+def repacked(tensor: ir.TensorProtocol, view: S.StorageView, index: list[np.ndarray | None]) -> ir.TensorProtocol:
+    """Lazy storage-level transform: unpack, permute the logical axes, pack back."""
+    def load() -> ir.TensorProtocol:
+        array = S.apply(tensor.numpy(), view, index)
+        return ir.Tensor(np.ascontiguousarray(array), dtype=tensor.dtype, name=tensor.name)
+
+    return ir.LazyTensor(load, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name)
+
+
 class FoldPass(ir.passes.InPlacePass):
     def __init__(self, comp):
         super().__init__()
@@ -68,6 +83,15 @@ class FoldPass(ir.passes.InPlacePass):
             if tensor is None:
                 continue
             total += tensor.nbytes
+            view = an.storage.get(value)
+            if view is not None:
+                index = axis_perms(view.terms, perms)
+                if any(p is not None for p in index):
+                    moved += tensor.nbytes
+                    self.comp.group_bytes[G.PERMUTATION.name] = \
+                        self.comp.group_bytes.get(G.PERMUTATION.name, 0) + tensor.nbytes
+                    value.const_value = repacked(tensor, view, index)
+                continue
             terms = an.known(value) if value not in an.uniform_shared else None
             if terms is None:
                 continue  # unknown shape, or uniform: no permutation changes it

@@ -59,14 +59,14 @@ class KeygenPass:
         for name, value in model.graph.initializers.items():
             if value in an.uniform_shared:
                 continue
-            for t in an.known(value) or []:
+            for t in an.weight_terms(value) or []:
                 for v in L.free_vars(t):
                     anchors.setdefault(v.uid, set()).add(name)
         for name in sorted(model.graph.initializers):
             value = model.graph.initializers[name]
             if value in an.uniform_shared:
                 continue  # uniform: holds no secret, anchors nothing
-            terms = an.known(value)
+            terms = an.weight_terms(value)
             for axis, t in enumerate(terms or []):
                 for k, v in enumerate(L.free_vars(t)):
                     if v.size <= 1 or v.uid in classes or v.uid in losses:

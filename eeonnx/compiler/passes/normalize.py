@@ -49,12 +49,21 @@ class NormalizePass(ir.passes.InPlacePass):
             # shapes first, so that Shape -> Gather -> Div chains over static dims fold
             # even when another dim (batch) is symbolic
             infer_shapes(model)
-            optimizer.fold_constants(model, onnx_shape_inference=True)
+            optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_keep_quantized)
             common.RemoveUnusedNodesPass()(model)
             common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         common.TopologicalSortPass()(model)
         infer_shapes(model)
         return ir.passes.PassResult(model, modified=True)
+
+
+QUANTIZED_STORAGE = {"DequantizeLinear", "QuantizeLinear"}
+
+
+def _keep_quantized(node: ir.Node) -> bool | None:
+    """Never fold (de)quantization of constant weights: the server keeps the int8/int4
+    storage of a quantized model (folding would hand it float weights, 4x larger)."""
+    return False if node.op_type in QUANTIZED_STORAGE else None
 
 
 UNSUPPORTED_INPUT_TYPES = {ir.DataType.STRING, ir.DataType.COMPLEX64, ir.DataType.COMPLEX128}

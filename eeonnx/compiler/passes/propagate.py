@@ -27,6 +27,9 @@ class Analysis:
         self._slots: dict[ir.Value, Slot] = {}
         self._use_terms: dict[tuple[int, int], list[L.Term]] = {}
         self.uniform_shared: set[ir.Value] = set()
+        # initializers whose stored axes are not the computed ones (packed int4):
+        # fold permutes their logical view (see compiler/storage.py)
+        self.storage: dict[ir.Value, object] = {}
         self.current: ir.Node | None = None
         self.unifier = L.Unifier(self._context)
         self.values = ValueSolver(self.unifier)
@@ -58,7 +61,10 @@ class Analysis:
             return self.terms(value)
         key = (id(node), i)
         if key not in self._use_terms:
-            self._use_terms[key] = [L.fresh(d) for d in value.const_value.shape]
+            dims = rules.dims_of(value)
+            if dims is None:
+                raise rules.NoShape(value)
+            self._use_terms[key] = [L.fresh(d if isinstance(d, int) else None) for d in dims]
         return self._use_terms[key]
 
     def slot(self, value: ir.Value) -> Slot:
@@ -78,6 +84,12 @@ class Analysis:
             return self.terms(value)
         except rules.NoShape:
             return None
+
+    def weight_terms(self, value: ir.Value) -> list[L.Term] | None:
+        """Layout per axis of what an initializer holds: its storage view's logical
+        axes when it has one, else its own axes."""
+        view = self.storage.get(value)
+        return list(view.terms) if view is not None else self.known(value)
 
 
 class PropagatePass:
@@ -104,18 +116,33 @@ class PropagatePass:
         self.comp.analysis = an
 
 
+#: ops that map a tensor with all elements equal to one with all elements equal
+#: (elementwise, with per-tensor parameters)
+UNIFORM_PRESERVING = {"Identity", "Cast", "QuantizeLinear", "DequantizeLinear"}
+
+
 def shared_uniform_constants(model: ir.Model) -> set[ir.Value]:
-    """Initializers used by several nodes whose elements are all equal (zeros
-    biases, ones scales that an exporter deduplicated into one tensor)."""
-    out = set()
+    """Tensors used by several nodes whose elements are all equal (zeros biases,
+    ones scales that an exporter deduplicated into one tensor): such initializers,
+    and the outputs of UNIFORM_PRESERVING ops applied to them with per-tensor
+    parameters (a QDQ model dequantizes a shared zeros bias once and feeds every
+    layer from that one output)."""
+    uniform = set()
     for value in model.graph.initializers.values():
         t = value.const_value
-        if t is None or len(value.uses()) < 2 or t.size < 2:
+        if t is None or t.size < 2:
             continue
         a = t.numpy().reshape(-1)
         if (a == a[0]).all():
-            out.add(value)
-    return out
+            uniform.add(value)
+    for node in model.graph:
+        if node.op_type not in UNIFORM_PRESERVING or not node.inputs or node.inputs[0] not in uniform:
+            continue
+        params = [v for v in node.inputs[1:] if v is not None]
+        if all(v.const_value is not None and v.const_value.size == 1 for v in params) \
+                and int(node.attributes.get_int("block_size", 0) or 0) == 0 and node.outputs[0].shape is not None:
+            uniform.add(node.outputs[0])
+    return {v for v in uniform if len(v.uses()) >= 2}
 
 
 def _pin_all(an: Analysis, node: ir.Node, reason: str) -> None:

@@ -81,11 +81,14 @@ def tensor_bits(comp, value: ir.Value) -> float:
 
 
 def is_content(comp, value: ir.Value) -> bool:
-    """Floats, and integers whose values index a table; masks/positions are structure."""
+    """Floats, integers whose values index a table, and integers laid out along a
+    secret axis (quantized activations); masks/positions are structure."""
     if value.dtype is not None and value.dtype.is_floating_point():
         return True
     an = comp.analysis
-    return an.has_slot(value) and an.slot(value).root().term is not None
+    if an.has_slot(value) and an.slot(value).root().term is not None:
+        return True
+    return any(v.uid in comp.classes for t in an.known(value) or [] for v in L.free_vars(t))
 
 
 #: Integer ids into a table of at most this many rows (segment / token-type ids)
@@ -217,6 +220,10 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
     elif mode != "none":
         raise SplitError(f"unknown split mode '{mode}' (auto or none)")
 
+    for part in (plan.prefix, plan.suffix):
+        if part:
+            _pull_constant_feeders(g, part)
+    _quantized_wire(g, plan)
     _check_convex(comp, g, plan)
     wire_in, wire_out = g.wire_in(plan.prefix), g.wire_out(plan.suffix)
     if plan.active:
@@ -242,6 +249,45 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
             f"lower --min-key-bits, or pass --allow-weak {v.name}")
     _measure(model, g, plan)
     return plan
+
+
+def _pull_constant_feeders(g: _Graph, part: set[int]) -> None:
+    """Nodes computed from constants only (a DequantizeLinear of a weight) whose
+    every consumer is on the client go to the client too: the server would
+    otherwise send a weight over the wire, and the client's op would lose its
+    fusion with it (a quantized Gemm run in float rounds differently)."""
+    constant: set[int] = set()
+    for k, n in enumerate(g.nodes):
+        if all(v is None or v.const_value is not None
+               or (v.producer() is not None and g.index[id(v.producer())] in constant) for v in n.inputs):
+            constant.add(k)
+    for k in sorted(constant, reverse=True):
+        if k in part:
+            continue
+        outs = g.nodes[k].outputs
+        if outs and not any(o.is_graph_output() for o in outs) and all(
+                g.index[id(c)] in part for o in outs for c in o.consumers()):
+            part.add(k)
+
+
+def _quantized_wire(g: _Graph, plan: SplitPlan) -> None:
+    """Cut a quantized model where its tensors are quantized: a DequantizeLinear
+    feeding only the suffix joins it, a QuantizeLinear reading only the prefix
+    joins that. The wire then carries the integer tensor (the same layout as its
+    float twin), and ORT fuses the client's DQ -> op -> Q into the integer op as
+    it does in the original (a float op would round differently)."""
+    for k in sorted(range(len(g.nodes)), reverse=True):
+        n = g.nodes[k]
+        if plan.suffix and n.op_type == "DequantizeLinear" and k not in plan.suffix and k not in plan.prefix:
+            outs = n.outputs
+            if not any(o.is_graph_output() for o in outs) and outs[0].consumers() and all(
+                    g.index[id(c)] in plan.suffix for o in outs for c in o.consumers()):
+                plan.suffix.add(k)
+    for k, n in enumerate(g.nodes):
+        if plan.prefix and n.op_type == "QuantizeLinear" and k not in plan.prefix and k not in plan.suffix:
+            x = n.inputs[0]
+            if x is not None and x.producer() is not None and g.index[id(x.producer())] in plan.prefix:
+                plan.prefix.add(k)
 
 
 def _no_split_message(comp, g: _Graph, min_bits: float) -> str:
@@ -298,7 +344,7 @@ def drop_client_only_classes(comp, model: ir.Model, plan: SplitPlan) -> None:
     on_server: set[int] = set()
 
     def collect(value):
-        for t in comp.analysis.known(value) or []:
+        for t in comp.analysis.weight_terms(value) or []:
             on_server.update(v.uid for v in L.free_vars(t))
         if comp.analysis.has_slot(value):
             term = comp.analysis.values.secret_term(comp.analysis.slot(value))

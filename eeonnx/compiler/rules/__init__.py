@@ -135,6 +135,35 @@ class NodeView:
         self._used_in.add(i)
         self._values_in.add(i)
 
+    def storage(self, i: int, view) -> bool:
+        """Input i (an initializer) stores its values packed: ``view`` (a
+        compiler.storage.StorageView) gives its logical axes' layouts, which fold
+        applies by repacking. The stored axes themselves stay as they are.
+
+        A tensor that another node also reads cannot be repacked for this one:
+        then, unless its logical values are all equal (no permutation changes
+        them), every logical axis is pinned. Returns whether the view was kept."""
+        from eeonnx.compiler import storage as S
+
+        v = self.node.inputs[i]
+        self._used_in.add(i)
+        self._values_in.add(i)
+        self.public(*self.analysis.use_terms(self.node, i))
+        for t in view.terms:
+            L.anchor(t)
+        stored = v.const_value.numpy() if v.const_value is not None else None
+        if stored is None:
+            for t in view.terms:
+                self.pin(t, "packed weight is not a constant")
+            return False
+        if len(v.uses()) > 1 or v.is_graph_output() or v in self.analysis.storage:
+            if not S.is_uniform(stored, view):
+                for t in view.terms:
+                    self.pin(t, "packed weight shared with another node")
+            return False
+        self.analysis.storage[v] = view
+        return True
+
     def dims(self, i: int) -> list:
         d = dims_of(self.node.inputs[i])
         if d is None:
@@ -236,7 +265,7 @@ class NodeView:
 def load_all() -> None:
     """Import every rule module so that the registry is complete."""
     from eeonnx.compiler.rules import elementwise, indexing, linear, recurrent, reduce, shape, spatial  # noqa: F401
-    from eeonnx.compiler.rules import contrib  # noqa: F401
+    from eeonnx.compiler.rules import contrib, quant  # noqa: F401
 
 
 load_all()

@@ -26,8 +26,12 @@ def gemm(n: NodeView) -> None:
 @rule("MatMul", mixes=True)
 def matmul(n: NodeView) -> None:
     """numpy matmul semantics, 1-D operands included."""
-    a, b, y = n.x(0), n.x(1), n.y(0)
-    ad, bd, yd = n.dims(0), n.dims(1), n.out_dims(0)
+    matmul_axes(n, n.x(0), n.x(1), n.y(0), n.dims(0), n.dims(1), n.out_dims(0))
+
+
+def matmul_axes(n: NodeView, a, b, y, ad, bd, yd) -> None:
+    """The equations of MatMul on its data (terms and dims of A, B, Y): shared by
+    MatMul and the quantized matmuls."""
     a_m = a[-2] if len(a) >= 2 else None
     b_n = b[-1] if len(b) >= 2 else None
     a_k = a[-1]

@@ -15,17 +15,22 @@ from eeonnx.compiler.rules import NodeView, rule
 def conv(n: NodeView) -> None:
     """X[N,C,*], W[M,C/g,*k], B[M] -> Y[N,M,*]: channels tied through W, space pinned."""
     x, w, y = n.x(0), n.x(1), n.y(0)
+    conv_channels(n, x, w, y, n.dims(1)[0])
+    if n.has(2):
+        n.unify(n.x(2)[0], y[1])
+
+
+def conv_channels(n: NodeView, x, w, y, m) -> None:
+    """The equations of Conv on its data (x, w, y terms; m = output channels):
+    shared by Conv and the quantized convolutions."""
     n.public(*x[2:], *y[2:], *w[2:])
     n.unify(x[0], y[0])
     g = int(n.attr("group", 1))
-    m = n.dims(1)[0]
     groups = L.fresh(g)
-    n.unify(x[1], L.kron(groups, w[1]), "Conv: channel count does not match groups")
+    n.unify(x[1], L.kron(groups, w[1]), f"{n.node.op_type}: channel count does not match groups")
     if isinstance(m, int) and m % g == 0:
         n.unify(w[0], L.kron(groups, L.fresh(m // g)))
     n.unify(y[1], w[0])
-    if n.has(2):
-        n.unify(n.x(2)[0], y[1])
 
 
 @rule("ConvTranspose", mixes=True)
