@@ -260,3 +260,30 @@ def test_split_of_a_qdq_model_cuts_at_quantized_tensors(tmp_path):
     for w in wires:
         p = produced.get(w)
         assert p is None or not all(i in weights for i in p.input), f"{w} is computed from weights only"
+
+
+@pytest.mark.parametrize("op", ["DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm"])
+def test_contrib_quantized_matmuls(tmp_path, op):
+    """x [3, 16] -> (quantized) op with per-column weight parameters and a bias -> MatMul -> y."""
+    g = G(opset=13, seed=9)
+    g.input("x", [3, 16])
+    wq = g.const("wq", g.rng.integers(0, 255, [12, 16] if op == "QGemm" else [16, 12]).astype(np.uint8))
+    ws, wz = _scale(g, "ws", [12]), g.const("wz", g.rng.integers(120, 136, [12]).astype(np.uint8))
+    if op == "DynamicQuantizeMatMul":
+        h = g.node(op, ["x", wq, ws, wz, g.w("bias", [12], 0.1)], domain="com.microsoft")
+    else:
+        q, s, z = g.node("DynamicQuantizeLinear", ["x"], n_out=3)
+        if op == "MatMulIntegerToFloat":
+            h = g.node(op, [q, wq, s, ws, z, wz, g.w("bias", [12], 0.1)], domain="com.microsoft")
+        else:  # QGemm with transB (B is [N, K]), int32 bias, float output
+            h = g.node(op, [q, s, z, wq, ws, wz, g.const("bias", g.rng.integers(-99, 99, [12]).astype(np.int32))],
+                       domain="com.microsoft", transB=1)
+    g.node("MatMul", [h, g.w("w2", [12, 5])], "y")
+    g.output("y", shape=[3, 5])
+    model = g.build([MS])
+    model.graph.value_info.append(helper.make_tensor_value_info(h, TensorProto.FLOAT, [3, 12]))  # ONNX cannot infer it
+    comp = roundtrip(model, tmp_path, rtol=1e-5)
+    spec = comp.spec()
+    n_axis = 0 if op == "QGemm" else 1
+    assert is_secret(spec["wq"][n_axis]) and spec["ws"][0] == spec["wz"][0] == spec["wq"][n_axis] == spec["bias"][0]
+    assert spec["w2"][0] == spec["wq"][n_axis]
