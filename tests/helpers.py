@@ -301,8 +301,18 @@ def _types(vis) -> list[int]:
     return [v.type.tensor_type.elem_type for v in vis]
 
 
-def _node_sig(n: onnx.NodeProto):
-    return (n.op_type, n.domain or "", sorted((a.name, a.SerializeToString()) for a in n.attribute))
+def _node_sig(n: onnx.NodeProto, inner: bool = False):
+    """op, domain, attributes; a subgraph attribute by its nodes' signatures (its
+    weights are permuted on the server: tensors inside compare by type and shape)."""
+    def attr(a):
+        if a.type == onnx.AttributeProto.GRAPH:
+            return repr([_node_sig(m, True) for m in a.g.node])
+        if a.type == onnx.AttributeProto.GRAPHS:
+            return repr([[_node_sig(m, True) for m in g.node] for g in a.graphs])
+        if inner and a.type == onnx.AttributeProto.TENSOR:
+            return repr((a.t.data_type, list(a.t.dims)))
+        return a.SerializeToString()
+    return (n.op_type, n.domain or "", sorted((a.name, attr(a)) for a in n.attribute))
 
 
 @dataclass

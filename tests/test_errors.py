@@ -207,8 +207,9 @@ def test_custom_domain_op(tmp_path):
     assert [n.name for n, _why in comp.unsupported] == ["my_custom_node"]
 
 
-def test_control_flow_is_unsupported(tmp_path):
-    then_g = helper.make_graph([helper.make_node("Relu", ["a_in"], ["t_out"])], "then", [],
+def test_unsupported_op_inside_a_subgraph_is_named(tmp_path):
+    then_g = helper.make_graph([helper.make_node("FancyAct", ["a_in"], ["t_out"], name="inner_bad",
+                                                 domain="com.example")], "then", [],
                                [helper.make_tensor_value_info("t_out", FLOAT, [1, 8, 4, 4])])
     else_g = helper.make_graph([helper.make_node("Neg", ["a_in"], ["e_out"])], "else", [],
                                [helper.make_tensor_value_info("e_out", FLOAT, [1, 8, 4, 4])])
@@ -219,10 +220,10 @@ def test_control_flow_is_unsupported(tmp_path):
         cond = g.node("Greater", [g.node("ReduceSum", [a], keepdims=0), g.floats("zero", 0.0)])
         return g.node("If", [cond], name="branch", then_branch=then_g, else_branch=else_g), 8
 
-    m = sandwich(body)
+    m = sandwich(body, extra_opsets=[("com.example", 1)])
     with pytest.raises(UnsupportedOpError) as e:
         compile_plain(m, tmp_path / "out")
-    assert e.value.node_name == "branch" and "subgraph" in str(e.value)
+    assert e.value.node_name == "inner_bad" and "com.example" in str(e.value)
 
 
 def test_several_unsupported_nodes_are_counted(tmp_path):

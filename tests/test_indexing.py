@@ -1,5 +1,5 @@
 """Ops whose integers are positions: ArgMax/ArgMin and TopK (results), GatherElements,
-ScatterElements, ScatterND (operands); and control flow (If, Loop, Scan), which is refused.
+ScatterElements, ScatterND (operands); and control flow (If, Loop, Scan).
 
 Most models are the ``helpers.sandwich``: x [1,3,4,4] -> conv1 (3->8) -> OP -> conv2 -> y,
 so the op sits between two secret layers. Each test checks exactness on onnxruntime and
@@ -405,9 +405,8 @@ def test_scatter_nd_rows_of_a_matrix(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# control flow: refused by name
+# control flow: layouts through the subgraphs (more in tests/test_control.py)
 # --------------------------------------------------------------------------
-REFUSAL = "control flow with subgraphs is not supported yet"
 
 
 def _if_model():
@@ -461,13 +460,11 @@ def _scan_model():
 
 
 @pytest.mark.parametrize("op,build", [("If", _if_model), ("Loop", _loop_model), ("Scan", _scan_model)])
-def test_control_flow_is_refused(op, build, tmp_path):
+def test_control_flow_carries_the_channel_class(op, build, tmp_path):
+    """The subgraph reads a (8 channels) from the outer scope or as a carried/scanned
+    value, and what it returns keeps a's class: conv1's output class reaches conv2."""
     m = build()
     assert op in {n.op_type for n in m.graph.node}
-    with pytest.raises(UnsupportedOpError) as e:
-        compile_plain(m, tmp_path / "out")
-    assert e.value.node_name == "cf" and e.value.op_type == op, e.value
-    assert REFUSAL in e.value.reason, e.value
-    assert not (tmp_path / "out").exists()
-    comp = eeonnx.check(m)
-    assert [(n.name, why) for n, why in comp.unsupported] == [("cf", REFUSAL)]
+    comp = roundtrip(m, tmp_path)
+    s = comp.spec()
+    assert is_secret(s["conv1.w"][0]) and s["conv1.w"][0] == s["conv2.w"][1], s

@@ -45,6 +45,7 @@ class Compilation:
     perms: dict = field(default_factory=dict)
     weight_bytes: int = 0
     permuted_bytes: int = 0
+    not_rekeyable: str = ""  # set by fold: why `eeonnx rekey` cannot re-fold this artifact
     weight_index: dict = field(default_factory=dict)  # initializer -> per-axis index arrays
     transforms: dict = field(default_factory=dict)  # uid -> groups.Transform (classes above permutations)
     exponents: dict = field(default_factory=dict)  # (value, uid) -> +1/-1 (see groups)
@@ -70,8 +71,9 @@ class Compilation:
     def spec(self) -> dict[str, list[str]]:
         """initializer -> layout per axis (the PermutationSpec)."""
         out = {}
-        for name in sorted(self.model.graph.initializers):
-            value = self.model.graph.initializers[name]
+        inits = dict(propagate.all_initializers(self.model))  # subgraphs' too
+        for name in sorted(inits):
+            value = inits[name]
             if value in self.analysis.uniform_shared:
                 out[name] = ["uniform"] * len(value.const_value.shape)
                 continue

@@ -131,7 +131,10 @@ def record(comp) -> dict:
             if c.value_index is not None:
                 vt = an.values.secret_term(an.slot(v))
                 files[f][f"{kind}{i}_value_map"] = {"index": term_json(vt, names), "inverse": kind == "encode"}
-    return {"format": FORMAT, "classes": classes, "files": files}
+    out = {"format": FORMAT, "classes": classes, "files": files}
+    if getattr(comp, "not_rekeyable", ""):
+        out["not_rekeyable"] = comp.not_rekeyable
+    return out
 
 
 def write_record(comp, client_dir: str) -> None:
@@ -173,6 +176,9 @@ def load_record(out: str) -> dict:
         raise RekeyError(f"{path}: unreadable re-key record ({e})") from None
     if rec.get("format") != FORMAT:
         raise RekeyError(f"{path}: not a re-key record (expected \"format\": \"{FORMAT}\")")
+    if rec.get("not_rekeyable"):
+        raise RekeyError(f"{path}: this artifact cannot be re-keyed from its record "
+                         f"({rec['not_rekeyable']}); recompile with a new key instead")
     odd = [c for c in rec["classes"] if c.get("group", "permutation") != "permutation"]
     if odd:
         raise RekeyError(f"class {odd[0]['name']} is a '{odd[0]['group']}' transform, which rekey cannot "

@@ -15,6 +15,7 @@ An initializer with a storage view (packed sub-byte weights, see
 compiler/storage.py) is permuted on its logical axes and repacked instead:
 ``logical(W_server) = logical(W).take(p_0, 0)...``; the ops that read such
 weights have no group statement, so their classes are permutations only.
+Initializers of subgraphs (If/Loop/Scan bodies) are folded like the others.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import onnx_ir as ir
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 from eeonnx.compiler import storage as S
+from eeonnx.compiler.passes.propagate import all_initializers
 
 
 def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.ndarray | None]:
@@ -78,7 +80,9 @@ class FoldPass(ir.passes.InPlacePass):
         total = moved = 0
         self.comp.weight_index = {}
         self.comp.group_bytes = {}
-        for name, value in model.graph.initializers.items():
+        self.comp.not_rekeyable = ""
+        top = set(model.graph.initializers)
+        for name, value in all_initializers(model):
             tensor = value.const_value
             if tensor is None:
                 continue
@@ -87,6 +91,7 @@ class FoldPass(ir.passes.InPlacePass):
             if view is not None:
                 index = axis_perms(view.terms, perms)
                 if any(p is not None for p in index):
+                    self.comp.not_rekeyable = f"'{name}' is a packed weight, repacked at compile time"
                     moved += tensor.nbytes
                     self.comp.group_bytes[G.PERMUTATION.name] = \
                         self.comp.group_bytes.get(G.PERMUTATION.name, 0) + tensor.nbytes
@@ -99,7 +104,10 @@ class FoldPass(ir.passes.InPlacePass):
             group = strongest(self.comp, value, terms)
             if all(p is None for p in index) and group is None:
                 continue
-            self.comp.weight_index[name] = index
+            if name in top:
+                self.comp.weight_index[name] = index
+            else:
+                self.comp.not_rekeyable = f"'{name}' lives in a subgraph"
             moved += tensor.nbytes
             name_of = (group or G.PERMUTATION).name
             self.comp.group_bytes[name_of] = self.comp.group_bytes.get(name_of, 0) + tensor.nbytes

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from eeonnx.compiler import layout as L
+from eeonnx.compiler.passes.propagate import all_initializers
 
 
 @dataclass
@@ -39,7 +40,7 @@ def learned_weights(model: ir.Model) -> set[str]:
     from eeonnx.compiler.passes.check import opset_of
 
     out = set()
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
         r = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
         if r is not None and r.mixes:
             out.update(v.name for v in node.inputs if v is not None and v.is_initializer())
@@ -56,14 +57,15 @@ class KeygenPass:
         losses: dict[int, tuple[L.PinInfo, int, str]] = {}
         weights = learned_weights(model)
         anchors: dict[int, set[str]] = {}
-        for name, value in model.graph.initializers.items():
+        inits = dict(all_initializers(model))  # subgraph initializers included
+        for name, value in inits.items():
             if value in an.uniform_shared:
                 continue
             for t in an.weight_terms(value) or []:
                 for v in L.free_vars(t):
                     anchors.setdefault(v.uid, set()).add(name)
-        for name in sorted(model.graph.initializers):
-            value = model.graph.initializers[name]
+        for name in sorted(inits):
+            value = inits[name]
             if value in an.uniform_shared:
                 continue  # uniform: holds no secret, anchors nothing
             terms = an.weight_terms(value)

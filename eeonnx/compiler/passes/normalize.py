@@ -130,7 +130,7 @@ def infer_shapes(model: ir.Model) -> None:
     that tool is known to guess wrong (see ``_untrusted``)."""
     common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     symbolic = _ort_symbolic_shapes(model)
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):  # If/Loop/Scan bodies too
         for o in node.outputs:
             dims, elem = symbolic.get(o.name, (None, 0))
             if dims is None:
@@ -147,6 +147,10 @@ def infer_shapes(model: ir.Model) -> None:
             merged = [d if not _is_unknown_dim(d) or _invented(s) or _untrusted(node, o, k) else s
                       for k, (d, s) in enumerate(zip(o.shape, dims))]
             o.shape = ir.Shape(merged)
+    from eeonnx.compiler.rules.control import fill_carried_shapes
+
+    if fill_carried_shapes(model):  # a Loop's final state: then what follows it gets shapes too
+        infer_shapes(model)
 
 
 def _untrusted(node: ir.Node, out: ir.Value, axis: int) -> bool:
@@ -189,12 +193,21 @@ def _ort_symbolic_shapes(model: ir.Model) -> dict[str, list]:
     if inferred is None:
         return {}
     known = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for vi in _all_value_infos(inferred.graph):
         t = vi.type.tensor_type
         if t.HasField("shape"):
             known[vi.name] = ([d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim],
                               t.elem_type)
     return known
+
+
+def _all_value_infos(graph: onnx.GraphProto):
+    """value_info and outputs of a graph and of its subgraphs (names are model-wide)."""
+    yield from list(graph.value_info) + list(graph.output)
+    for node in graph.node:
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_value_infos(g)
 
 
 def _partial_symbolic_inference(tool, proto: onnx.ModelProto) -> onnx.ModelProto | None:

@@ -30,6 +30,7 @@ class Analysis:
         # initializers whose stored axes are not the computed ones (packed int4):
         # fold permutes their logical view (see compiler/storage.py)
         self.storage: dict[ir.Value, object] = {}
+        self.run_graph = lambda graph: None  # set by PropagatePass: propagate through a subgraph
         self.current: ir.Node | None = None
         self.unifier = L.Unifier(self._context)
         self.values = ValueSolver(self.unifier)
@@ -100,20 +101,62 @@ class PropagatePass:
         an = Analysis()
         an.uniform_shared = shared_uniform_constants(model)
         unsupported = {id(n) for n, _ in self.comp.unsupported}
-        for node in model.graph:
-            an.current = node
-            if id(node) in unsupported:
-                _pin_all(an, node, "op not supported")
-                continue
-            rule = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
-            view = rules.NodeView(an, node, opset_of(model, node.domain))
-            try:
-                rule.apply(view)
-                view.finish()
-            except rules.NoShape as e:
-                _pin_all(an, node, f"shape of '{e.value.name}' is unknown (try --dim)")
+        an.run_graph = lambda graph: _run(an, model, graph, unsupported)
+        an.run_graph(model.graph)
         an.current = None
         self.comp.analysis = an
+
+
+def _run(an: Analysis, model: ir.Model, graph: ir.Graph, unsupported: set[int]) -> None:
+    """Apply every node's rule in ``graph``; a control-flow rule calls back into
+    this for its subgraphs (``Analysis.run_graph``), with the same solver."""
+    for node in graph:
+        an.current = node
+        if id(node) in unsupported:
+            _pin_all(an, node, "op not supported")
+            continue
+        rule = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
+        view = rules.NodeView(an, node, opset_of(model, node.domain))
+        try:
+            rule.apply(view)
+            view.finish()
+        except rules.NoShape as e:
+            an.current = node
+            _pin_all(an, node, f"shape of '{e.value.name}' is unknown (try --dim)")
+
+
+def all_initializers(model: ir.Model):
+    """(name, value) of every initializer, those of subgraphs (If/Loop/Scan bodies) included."""
+    for g in model.graphs():
+        yield from g.initializers.items()
+
+
+def outer_reads(node: ir.Node) -> list[ir.Value]:
+    """Values of enclosing graphs that the subgraphs of ``node`` read (its implicit inputs)."""
+    inner: set[int] = set()
+    reads: list[ir.Value] = []
+    seen: set[int] = set()
+    for attr in node.attributes.values():
+        graphs = [attr.value] if isinstance(attr.value, ir.Graph) else \
+            list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+        for g in graphs:
+            for sub in ir.traversal.RecursiveGraphIterator(g):
+                for o in sub.outputs:
+                    inner.add(id(o))
+            for sub_g in [g] + [a.value for s in ir.traversal.RecursiveGraphIterator(g)
+                                for a in s.attributes.values() if isinstance(a.value, ir.Graph)]:
+                for v in list(sub_g.inputs) + list(sub_g.initializers.values()):
+                    inner.add(id(v))
+            for sub in ir.traversal.RecursiveGraphIterator(g):
+                for v in sub.inputs:
+                    if v is not None and id(v) not in inner and id(v) not in seen:
+                        seen.add(id(v))
+                        reads.append(v)
+            for v in g.outputs:  # a subgraph may return an outer value unchanged
+                if id(v) not in inner and id(v) not in seen:
+                    seen.add(id(v))
+                    reads.append(v)
+    return reads
 
 
 #: ops that map a tensor with all elements equal to one with all elements equal
@@ -146,7 +189,8 @@ def shared_uniform_constants(model: ir.Model) -> set[ir.Value]:
 
 
 def _pin_all(an: Analysis, node: ir.Node, reason: str) -> None:
-    for v in list(node.inputs) + list(node.outputs):
+    """Pin every axis the node touches, the outer values its subgraphs read included."""
+    for v in list(node.inputs) + list(node.outputs) + outer_reads(node):
         if v is None:
             continue
         terms = an.known(v)

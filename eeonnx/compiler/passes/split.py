@@ -28,6 +28,7 @@ import onnx_ir as ir
 from eeonnx.compiler import layout as L
 from eeonnx.errors import ClearBoundaryError, EEError
 from eeonnx.compiler.passes.boundary import shape_list
+from eeonnx.compiler.passes.propagate import all_initializers, outer_reads
 
 
 class SplitError(EEError):
@@ -125,6 +126,19 @@ class _Graph:
     def __init__(self, model: ir.Model, comp):
         self.nodes = list(model.graph)
         self.index = {id(n): i for i, n in enumerate(self.nodes)}
+        # a node inside a subgraph (If/Loop/Scan body) counts as its top-level node, which
+        # also reads what the subgraph reads from the outer scope
+        self.reads = {}
+        for i, n in enumerate(self.nodes):
+            outer = outer_reads(n)
+            if outer:
+                self.reads[i] = outer
+                for a in n.attributes.values():
+                    graphs = [a.value] if isinstance(a.value, ir.Graph) else \
+                        list(a.value) if a.type == ir.AttributeType.GRAPHS else []
+                    for g in graphs:
+                        for sub in ir.traversal.RecursiveGraphIterator(g):
+                            self.index[id(sub)] = i
         self.inputs = list(model.graph.inputs)
         self.outputs = list(model.graph.outputs)
         self.state_in = {s.input for s in comp.state}
@@ -141,7 +155,7 @@ class _Graph:
 
     def ancestors(self, i: int) -> set[int]:
         """Node i and every node it depends on."""
-        return self._closure(i, lambda n: [v.producer() for v in n.inputs
+        return self._closure(i, lambda n: [v.producer() for v in list(n.inputs) + self.reads.get(self.index[id(n)], [])
                                            if v is not None and v.producer() is not None])
 
     def descendants(self, i: int) -> set[int]:
@@ -163,7 +177,7 @@ class _Graph:
         out = [v for v in self.outputs if v.producer() is None or self.index[id(v.producer())] not in suffix]
         seen = {id(v) for v in out}
         for k in sorted(suffix):
-            for v in self.nodes[k].inputs:
+            for v in list(self.nodes[k].inputs) + self.reads.get(k, []):
                 if v is None or id(v) in seen or v.const_value is not None:
                     continue
                 p = v.producer()
@@ -351,7 +365,7 @@ def drop_client_only_classes(comp, model: ir.Model, plan: SplitPlan) -> None:
             if term is not None:
                 on_server.update(v.uid for v in L.free_vars(term))
 
-    for value in model.graph.initializers.values():
+    for _name, value in all_initializers(model):
         if any(g.index[id(c)] not in client for c in value.consumers()):
             collect(value)
     by_name = {v.name: v for v in g.inputs + g.outputs}

@@ -7,7 +7,9 @@ something computed in this call (reached through value-preserving
 Identity/Cast), or the output of a fused op whose rule declares that
 it extends that input along an axis (``state=`` in the registry, e.g.
 GroupQueryAttention's past/present): the caller feeds Q back as P on the next
-call. The pairing is read from the graph, never from names.
+call. The pairing is read from the graph, never from names. Through an If (a
+merged decoder: first step and cached steps behind one condition), Q is
+paired when a branch's output extends P and no other reader of P exists.
 
 Invariant: leaves the model unchanged; fills ``comp.state`` with one
 StatePair per pair, in graph-output order. State tensors keep their names on
@@ -50,6 +52,8 @@ def _extends(model: ir.Model, value: ir.Value) -> tuple[list, int, bool] | None:
     node = value.producer()
     if node is None or value.shape is None:
         return None
+    if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+        return _extends_if(model, node, list(node.outputs).index(value))
     if node.op_type == "Concat" and node.domain in ("", "ai.onnx"):
         return list(node.inputs), int(node.attributes["axis"].value) % len(value.shape), False
     r = rules.lookup(node.domain, node.op_type, opset_of(model, node.domain))
@@ -58,6 +62,26 @@ def _extends(model: ir.Model, value: ir.Value) -> tuple[list, int, bool] | None:
         if o == k and i < len(node.inputs) and node.inputs[i] is not None:
             return [node.inputs[i]], axis, True
     return None
+
+
+def _extends_if(model: ir.Model, node: ir.Node, k: int) -> tuple[list, int, bool] | None:
+    """Output k of an If extends an outer input when some branch's output k does
+    (a merged decoder: the cached branch concatenates the past, the first-step
+    branch makes the cache from scratch) and every branch that does agrees on the
+    axis; the other branches must not read that input's values (checked by the
+    caller: it may have no reader but the extending op)."""
+    found = []
+    for attr in ("then_branch", "else_branch"):
+        g = node.attributes[attr].value
+        inner = _source(g.outputs[k])
+        if inner.shape is None and node.outputs[k].shape is not None:
+            continue
+        r = _extends(model, inner)
+        if r is not None:
+            found.append(r)
+    if not found or len({axis for _, axis, _ in found}) != 1:
+        return None
+    return [v for cands, _, _ in found for v in cands], found[0][1], all(d for _, _, d in found)
 
 
 def _only_extended(src: ir.Value, feed: ir.Value) -> bool:

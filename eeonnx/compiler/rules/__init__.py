@@ -265,7 +265,7 @@ class NodeView:
 def load_all() -> None:
     """Import every rule module so that the registry is complete."""
     from eeonnx.compiler.rules import elementwise, indexing, linear, recurrent, reduce, shape, spatial  # noqa: F401
-    from eeonnx.compiler.rules import contrib, quant  # noqa: F401
+    from eeonnx.compiler.rules import contrib, control, quant  # noqa: F401
 
 
 load_all()
