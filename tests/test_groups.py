@@ -348,3 +348,45 @@ def test_norm_output_feeding_a_norm_is_not_scaled(tmp_path):
     axes = _transformed_axes(comp)
     assert "gamma" not in axes and "beta" not in axes
     assert axes.get("gamma2") == [0] and axes.get("beta2") == [0]
+
+
+# --------------------------------------------------------------------------- fuzz
+def test_fuzz_transforms_are_exact(tmp_path):
+    """Random graphs from the op whitelist (tests/fuzz_graphs.py), compiled with
+    --transforms max: every decoded output equals the original's (1e-4 of its largest
+    value), whatever groups the classes got. Derandomized: reproducible in CI."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from eeonnx.errors import EEError
+    from fuzz_graphs import graphs, validate
+    from tests.helpers import run_original
+
+    seen = {"compiled": 0, "continuous": 0}
+
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(graphs(max_steps=8), st.binary(min_size=32, max_size=32))
+    def check(f, key):
+        model = validate(f)
+        path = tmp_path / "m.onnx"
+        onnx.save(model, path)
+        out = tmp_path / "out"
+        try:
+            comp = eeonnx.compile(path, out, key=Key(key), split="none", min_key_bits=0, transforms="max",
+                                  force=True)
+        except EEError:
+            return
+        seen["compiled"] += 1
+        seen["continuous"] += bool(comp.transforms)
+        feeds = random_feeds(model)
+        for w, g, o in zip(run_original(model, feeds), _encrypted_run(out, feeds), model.graph.output):
+            w, g = np.asarray(w), np.asarray(g)
+            if w.dtype.kind == "f":
+                fin = np.isfinite(w)
+                assert np.array_equal(fin, np.isfinite(g)), f.code()
+                w, g = np.where(fin, w, 0), np.where(fin, g, 0)
+            assert_close(g, w, 1e-4, f"{o.name}\n{f.code()}")
+
+    check()
+    assert seen["continuous"] >= 20, seen  # the fuzz reaches continuous groups

@@ -71,7 +71,7 @@ def meet(*gs: Group) -> Group:
 #: scale ranges (log-uniform): wide for diagonals, narrower inside a linear map
 DIAGONAL_RANGE = (0.25, 4.0)
 LINEAR_RANGE = (0.5, 2.0)
-DENSE_IO_LIMIT = 4096
+DENSE_IO_LIMIT = 1024
 EXACT_DTYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
 ROUNDING_DTYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 

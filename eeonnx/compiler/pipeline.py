@@ -158,7 +158,8 @@ class Compilation:
             # --client-state: the cache pairs (original names) that pass through encode/decode
             "client_state": [{"input": s.input, "output": s.output, "axis": s.axis, "dtype": s.dtype,
                               "shape": s.shape} for s in self.client_state],
-            "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1), "group": c.group}
+            "classes": [{"name": c.name, "size": c.size, "bits": round(c.bits, 1), "group": c.group,
+                         **({"permutation_visible_in": len(c.visible_in)} if c.visible_in else {})}
                         for c in self.classes.values()],
             "key_bits": round(self.key_bits, 1),  # same number, old name (kept for compatibility)
             # log2 of the number of permutations: not a security measure (see `eeonnx audit`)

@@ -193,5 +193,11 @@ def groups_text(comp) -> str:
 
 def groups_detail(comp) -> str:
     """Per class: its group and what kept it from a larger one."""
-    return "\n".join(f"{c.name}[{c.size}]: {c.group}" + (f" ({c.why})" if c.why else "")
+    def visible(c):
+        if not c.visible_in:
+            return ""
+        more = f" +{len(c.visible_in) - 3} more" if len(c.visible_in) > 3 else ""
+        return f"; its permutation is visible in {', '.join(sorted(c.visible_in)[:3])}{more} (permuted only there)"
+
+    return "\n".join(f"{c.name}[{c.size}]: {c.group}" + (f" ({c.why})" if c.why else "") + visible(c)
                      for c in comp.classes.values())

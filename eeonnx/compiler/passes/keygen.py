@@ -13,7 +13,7 @@ with the node and reason that pinned them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
@@ -28,6 +28,8 @@ class SecretClass:
     size: int
     group: str = "permutation"  # set by the transforms pass (eeonnx.compiler.groups)
     why: str = ""  # what kept the group from being larger (transforms pass)
+    # weights that carry this (continuous) class permuted only: they show its permutation
+    visible_in: list = field(default_factory=list)
 
     @property
     def bits(self) -> float:

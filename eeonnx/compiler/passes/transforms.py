@@ -260,3 +260,9 @@ class TransformsPass:
             comp.transforms[uid] = tr
         comp.exponents = {node: s.rel.exponent(node) for node in s.rel.parent
                           if node[1] in comp.transforms and s.rel.exponent(node) != 0}
+        # a weight that carries a continuous class at exponent 0 shows its permutation
+        for node in s.rel.parent:
+            value, uid = node
+            if (uid in comp.transforms and isinstance(value, ir.Value) and value.is_initializer()
+                    and value not in comp.analysis.uniform_shared and node not in comp.exponents):
+                comp.classes[uid].visible_in.append(value.name)
