@@ -131,18 +131,27 @@ def main(debug: bool) -> None:
                    "a permutation.")
 @click.option("--allow-rounding", is_flag=True,
               help="With --transforms max: also transform fp16/bf16 tensors (re-rounds their values).")
+@click.option("--max-leak", type=float, metavar="X",
+              help="Place the client split at the cheapest cut whose measured leakage (see `eeonnx plan`) "
+                   "is at most X; --min-key-bits stays a floor.")
+@click.option("--images", "plan_images", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="With --max-leak: calibration images (PNG/JPEG folder) instead of the bundled samples.")
+@click.option("--text", "plan_text", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="With --max-leak: calibration text files (tokenized with --tokenizer).")
 @click.option("--strict", is_flag=True, help="Fail instead of pinning any weight axis to the identity.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT (atomically).")
 @click.option("--verify/--no-verify", "do_verify", default=False, help="Run a golden check after writing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, split_at, allow_weak,
-                tokenizer, server_state, transforms_mode, allow_rounding, strict, force, do_verify, quiet):
+                tokenizer, server_state, transforms_mode, allow_rounding, max_leak, plan_images, plan_text,
+                strict, force, do_verify, quiet):
     """Compile MODEL into an encrypted server model plus client files.
 
     \b
     Example:
       eeonnx compile models/cnn.onnx -o out/cnn
       eeonnx compile models/mlp.onnx -o out/mlp --transforms max
+      eeonnx compile models/cnn.onnx -o out/cnn --max-leak 0.05   # cut placed by measured leakage
     writes
       out/cnn/server/model.onnx      ship this to the untrusted server
       out/cnn/client/encode.onnx     inputs  -> server inputs
@@ -159,8 +168,8 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
                          allow_clear=allow_clear, split=split_mode, min_key_bits=min_key_bits,
                          split_at=split_at, allow_weak=allow_weak, tokenizer=tokenizer,
                          server_state=server_state, transforms=transforms_mode,
-                         allow_rounding=allow_rounding,
-                         quiet=quiet or not sys.stderr.isatty())
+                         allow_rounding=allow_rounding, max_leak=max_leak, images=plan_images,
+                         text=plan_text, quiet=quiet or not sys.stderr.isatty())
     if not quiet:
         click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))
     if do_verify:
@@ -528,6 +537,50 @@ def audit_cmd(out, original, base, texts, images_dir, link, budget, as_json, rep
         for path in write_report(r, report_dir):
             click.echo(f"wrote {path}", err=True)
     click.echo(to_json(r) if as_json else to_text(r))
+@main.command("plan")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Calibration images (a folder of PNG/JPEG) instead of the bundled sample pictures.")
+@click.option("--text", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Calibration text (repeatable; needs --tokenizer) instead of synthetic token ids.")
+@click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="The model's tokenizer.json, to tokenize --text.")
+@click.option("--min-key-bits", default=128.0, show_default=True, help="Entropy floor every cut keeps.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Fix a symbolic input dim.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable rows.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write a PNG of client cost vs measured leakage.")
+def plan_cmd(model, images, text, tokenizer, min_key_bits, dims, as_json, plot_path):
+    """Where to cut: for each candidate client split of MODEL, what the client pays
+    (share of FLOPs and weights, bytes on the wire) and what the server learns
+    (measured leakage of the wire tensors: image correlation with the input above
+    unrelated images, or nearest-neighbour token match above chance).
+
+    \b
+    Examples:
+      eeonnx plan models/cnn.onnx --plot cnn-plan.png
+      eeonnx plan bert.onnx --text corpus.txt --tokenizer tokenizer.json --json
+    Then: eeonnx compile MODEL -o OUT --max-leak X (or --split-at CUT).
+    """
+    from eeonnx.compiler import plan as P
+    from eeonnx.compiler.api import check as analyze
+
+    comp = analyze(model, dims=_dims(dims))
+    if comp.unsupported:
+        from eeonnx.errors import UnsupportedOpError
+
+        node, why = comp.unsupported[0]
+        raise UnsupportedOpError(node.name or "?", node.op_type, node.domain, why)
+    rows, cal = P.measure(comp, min_key_bits, images=images, text=text, tokenizer=tokenizer)
+    if plot_path:
+        P.plot(rows, cal, plot_path, title=os.path.basename(model))
+    if as_json:
+        click.echo(json.dumps({"model": model, "calibration": cal.source, "kind": cal.kind,
+                               "rows": [r.to_json() for r in rows]}, indent=2))
+        return
+    click.echo(P.table(rows, cal))
+    if plot_path:
+        click.echo(f"plot: {plot_path}")
 
 
 if __name__ == "__main__":

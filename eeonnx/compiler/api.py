@@ -8,7 +8,8 @@ from eeonnx.compiler import pipeline
 
 def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
             split="auto", min_key_bits=128.0, split_at=(), allow_weak=(), tokenizer=None,
-            server_state=True, quiet=True, transforms="permutation", allow_rounding=False) -> pipeline.Compilation:
+            server_state=True, quiet=True, transforms="permutation", allow_rounding=False,
+            max_leak=None, images=None, text=()) -> pipeline.Compilation:
     """Compile ``model`` (path or ModelProto) into the artifact directory ``out``.
 
     ``key``: path of a key.json to reuse (same key + same model = same artifact).
@@ -27,13 +28,18 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
     through linear ones; see eeonnx.compiler.groups) instead of permutations
     only; classes on fp16/bf16/int tensors stay permutations unless
     ``allow_rounding``.
+    ``max_leak``: put the client split at the cheapest cut whose measured leakage (see
+    ``eeonnx plan``; image correlation or token match above chance) is at most this, measured
+    on ``images`` (a folder) / ``text`` (files, with ``tokenizer``) or bundled samples; refused
+    when no cut short of running the model on the client reaches it.
     Raises eeonnx.errors.EEError subclasses on refusal.
     """
     return pipeline.compile_model(model, os.fspath(out), key=key, dims=dims, strict=strict,
                                   force=force, allow_clear=allow_clear, split_mode=split,
                                   min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak,
                                   tokenizer=tokenizer, server_state=server_state, progress=not quiet,
-                                  transforms_mode=transforms, allow_rounding=allow_rounding)
+                                  transforms_mode=transforms, allow_rounding=allow_rounding,
+                                  max_leak=max_leak, images=images, text=text)
 
 
 def check(model, *, dims=None, transforms="permutation", allow_rounding=False) -> pipeline.Compilation:

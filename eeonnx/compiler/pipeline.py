@@ -54,6 +54,7 @@ class Compilation:
     outputs: list = field(default_factory=list)
     encode_model: onnx.ModelProto | None = None
     decode_model: onnx.ModelProto | None = None
+    placement: dict | None = None  # compile --max-leak: the measured cut (eeonnx.compiler.plan)
     artifact_id: str = field(default_factory=lambda: secrets.token_hex(16))  # random, new per compile
     server_names: dict = field(default_factory=dict)  # original graph I/O name -> server name (if renamed)
 
@@ -172,6 +173,7 @@ class Compilation:
                       "server": len(self.server_proto.graph.node) if self.server_proto is not None
                       else len(self.model.graph)},
             "key_budget": self.key_budget(),
+            "placement": self.placement,
         }
 
     def key_budget(self) -> dict | None:
@@ -264,8 +266,11 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
                   allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
                   tokenizer=None, server_state=True, progress=False, transforms_mode="permutation",
-                  allow_rounding=False) -> Compilation:
-    """Compile ``model`` into the artifact directory ``out``; see the module docstring."""
+                  allow_rounding=False, max_leak=None, images=None, text=()) -> Compilation:
+    """Compile ``model`` into the artifact directory ``out``; see the module docstring.
+
+    ``max_leak``: place the client split at the cheapest cut whose measured leakage
+    (eeonnx.compiler.plan, on ``images`` / ``text`` or bundled samples) is at most this."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
     comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear, server_state=server_state,
@@ -277,6 +282,17 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     if strict and comp.pins():
         p = comp.pins()[0]
         raise StrictPinError(f"--strict: node '{p['node']}' pins an axis: {p['reason']}")
+    if max_leak is not None:
+        from eeonnx.compiler import plan
+
+        if split_mode != "auto":
+            raise split.SplitError("--max-leak places the split itself: use it with --split auto")
+        weak = tuple(allow_weak) + tuple(allow_clear)
+        rows, cal = plan.measure(comp, min_key_bits, images=images, text=tuple(text),
+                                 tokenizer=os.fspath(tokenizer) if tokenizer else None, allow_weak=weak)
+        placement = plan.choose(comp, rows, max_leak, min_key_bits, weak)
+        split_at = tuple(split_at) + tuple(placement.specs)
+        comp.placement = placement.summary(cal)
     comp.split = split.plan_split(comp, comp.model, split_mode, min_key_bits, tuple(split_at),
                                   tuple(allow_weak) + tuple(allow_clear))
     split.drop_client_only_classes(comp, comp.model, comp.split)

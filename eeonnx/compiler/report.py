@@ -42,6 +42,16 @@ def pins_lines(comp) -> list[str]:
     return out
 
 
+def placement_text(p: dict) -> str:
+    """One line for compile --max-leak: the cut, its measured leakage and what it cost."""
+    what = "image correlation above unrelated images" if p["kind"] == "image" else "token match above chance"
+    sides = "; ".join(f"{side} {r['cut']}: {'n/a' if r['leak'] is None else format(r['leak'], '.3f')}"
+                      for side, r in p["sides"].items())
+    return (f"placement (--max-leak {p['max_leak']:g}): measured leakage {p['measured_leak']:.3f} ({what}; "
+            f"{sides}) on {p['calibration']}; cost: client runs {p['client_flops_share']:.1%} of FLOPs, "
+            f"holds {p['client_weight_share']:.1%} of weight bytes")
+
+
 def compile_summary(comp, out: str, seconds: float) -> str:
     share = comp.permuted_bytes / comp.weight_bytes if comp.weight_bytes else 0.0
     lines = [
@@ -69,6 +79,8 @@ def compile_summary(comp, out: str, seconds: float) -> str:
             lines.append(f"  wire {name}: permutation entropy {bits:.0f} bits")
         for name in s.public:
             lines.append(f"  wire {name}: public structure (clear)")
+    if comp.placement is not None:
+        lines.append("  " + placement_text(comp.placement))
     exposures = exposure_lines(comp.classes.values(), comp.server_proto)
     lines.append(f"  structural exposures: {len(exposures) or 'none found'}")
     lines += [f"    {e}" for e in exposures]

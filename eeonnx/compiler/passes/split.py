@@ -105,6 +105,34 @@ def _few_rows(comp, value: ir.Value) -> bool:
     return term is not None and term.size is not None and term.size <= STRUCTURE_ROWS
 
 
+#: ONNX ops whose outputs depend on the input's shape only, never on its values.
+SHAPE_ONLY = frozenset({"Shape", "Size"})
+
+
+def structure_values(comp, model: ir.Model) -> set[str]:
+    """Names of float node outputs that carry no input content: computed from public inputs
+    and weights only (no content graph input reaches them, except through the shape of a
+    tensor): an attention mask, a RoPE cos/sin table. They may cross the wire below min_bits
+    (listed as public structure): they tell the server nothing about the request, and about
+    the weights no more than those weights (under the same classes) would on the server."""
+    content = {v.name for v in model.graph.inputs if is_content(comp, v) and not _few_rows(comp, v)}
+    tainted = set(content)
+    out = set()
+    for node in model.graph:
+        dirty = False
+        if node.op_type not in SHAPE_ONLY or node.domain not in ("", "ai.onnx"):
+            for v in node.inputs:
+                if v is None:
+                    continue
+                dirty |= v.name in tainted
+        for o in node.outputs:
+            if dirty:
+                tainted.add(o.name)
+            elif o.dtype is not None and o.dtype.is_floating_point():
+                out.add(o.name)
+    return out
+
+
 def _node_flops(node: ir.Node) -> int:
     def numel(v):
         if v is None or v.shape is None:
@@ -191,9 +219,11 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
                split_at: tuple[str, ...] = (), allow_weak: tuple[str, ...] = ()) -> SplitPlan:
     g = _Graph(model, comp)
     plan = SplitPlan(mode=mode, min_bits=min_bits)
+    structure = structure_values(comp, model)
 
     def weak(values):
         return [v for v in values if v.name not in g.state_in | g.state_out and v.name not in allow_weak
+                and v.name not in structure
                 and is_content(comp, v) and not _few_rows(comp, v) and tensor_bits(comp, v) < min_bits]
 
     if split_at:
@@ -250,7 +280,7 @@ def plan_split(comp, model: ir.Model, mode: str = "auto", min_bits: float = 128.
     for v in wire_in + wire_out:
         if v.name in g.state_in | g.state_out:
             continue
-        if is_content(comp, v) and not _few_rows(comp, v):
+        if is_content(comp, v) and not _few_rows(comp, v) and v.name not in structure:
             plan.bits[v.name] = tensor_bits(comp, v)
         else:
             plan.public.append(v.name)
@@ -376,3 +406,57 @@ def drop_client_only_classes(comp, model: ir.Model, plan: SplitPlan) -> None:
         del comp.classes[uid]
         comp.perms.pop(uid, None)
         comp.transforms.pop(uid, None)
+
+
+@dataclass
+class Cut:
+    """One candidate placement: ``spec`` (a --split-at value, "" for the entropy floor alone),
+    the side it moves to the client ("in": a prefix, "out": a suffix, "" both floors) and
+    the SplitPlan the split machinery forms from it."""
+
+    spec: str
+    side: str
+    plan: SplitPlan
+
+    def wire(self, side: str | None = None) -> list[str]:
+        """Content tensors entering (in) or leaving (out) the server."""
+        side = side or self.side
+        names = self.plan.wire_in if side == "in" else self.plan.wire_out
+        return [n for n in names if n in self.plan.bits]
+
+
+def candidate_cuts(comp, model: ir.Model, min_bits: float = 128.0, allow_weak: tuple[str, ...] = ()) -> list[Cut]:
+    """Every convex client prefix and suffix the split machinery forms from a single-tensor cut.
+
+    For each float node output t that carries content, ``plan_split(auto, split_at=in:t)``
+    (the prefix closed under predecessors, grown until the entropy floor holds) and
+    ``out:t`` (the suffix closed under successors); kept when exactly one content tensor
+    crosses on that side (the stream a CNN stage or a transformer block hands on: a cut
+    inside a residual block sends two). Distinct client sets only, cheapest first per side;
+    the first entry is the entropy floor alone (spec "", side ""). No op or tensor names are
+    read."""
+    cuts: list[Cut] = []
+    seen: set[tuple] = set()
+    structure = structure_values(comp, model)
+    try:
+        base = plan_split(comp, model, "auto", min_bits, (), allow_weak)
+        cuts.append(Cut("", "", base))
+        seen |= {("in", frozenset(base.prefix)), ("out", frozenset(base.suffix))}
+    except EEError:
+        pass
+    for node in model.graph:
+        for o in node.outputs:
+            if o.dtype is None or not o.dtype.is_floating_point() or o.is_graph_output() or o.name in structure:
+                continue
+            for side in ("in", "out"):
+                try:
+                    plan = plan_split(comp, model, "auto", min_bits, (f"{side}:{o.name}",), allow_weak)
+                except EEError:
+                    continue
+                cut = Cut(f"{side}:{o.name}", side, plan)
+                key = (side, frozenset(plan.prefix if side == "in" else plan.suffix))
+                if key in seen or len(cut.wire()) != 1:
+                    continue
+                seen.add(key)
+                cuts.append(cut)
+    return sorted(cuts, key=lambda c: (c.side != "", c.side, c.plan.flops_client, c.plan.bytes_client))
