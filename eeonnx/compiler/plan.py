@@ -153,10 +153,14 @@ def _token_stream(vocab: int, text, tokenizer, contexts: int, seq: int) -> tuple
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(tokenizer)
+        tok.no_truncation()
+        tok.no_padding()
         ids = []
         for path in text:
             with open(path, encoding="utf-8") as f:
-                ids += tok.encode(f.read()).ids
+                for para in f.read().split("\n\n"):
+                    if para.strip():
+                        ids += tok.encode(para, add_special_tokens=False).ids
         ids = [i for i in ids if i < vocab]
         if len(ids) < contexts * seq:
             contexts = max(2, len(ids) // seq)
