@@ -139,3 +139,18 @@ def test_rekey_refusals(cnn, bert, tmp_path):
     with pytest.raises(RekeyError, match="no re-key record"):
         rekey(bad2, tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_rekey_refuses_transforms_beyond_permutations(tmp_path):
+    from eeonnx.compiler.api import compile as compile_model
+
+    out = tmp_path / "out"
+    try:
+        compile_model(ROOT / "models" / "mlp.onnx", out, transforms="max")
+    except TypeError:  # pragma: no cover - an eeonnx without transforms
+        pytest.skip("no --transforms in this eeonnx")
+    groups = {c["group"] for c in _record(out)["classes"]}
+    assert groups - {"permutation"}, "the MLP should get a class beyond permutations"
+    with pytest.raises(RekeyError, match="transform"):
+        rekey(out, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
