@@ -102,7 +102,7 @@ def test_compile_max_leak_keeps_its_promise(cnn_rows, tmp_path):
     # what the artifact's own encode.onnx sends, measured again: the promised leakage
     client = eeonnx.Client(out)
     wires = [next(iter(client.encode({"image": f["image"]}).values()))[0] for f in cal.feeds]
-    again = image_wire_leakage(wires, cal.images)
+    again = image_wire_leakage(wires, cal.images, cal.unrelated)
     assert abs(max(0.0, again["excess"]) - placement["sides"]["in"]["leak"]) < 0.02
     # and it is exact
     server = eeonnx.Server(out / "server" / "model.onnx", providers=CPU)

@@ -9,8 +9,8 @@ client prefix formed from a single-tensor cut, entropy floor applied) this measu
   through the compile's permutations (the server's view; both metrics are invariant to a
   permutation of channels, so this is what an artifact of any key shows):
   * image models: first principal component of each spatial wire tensor vs the input's
-    luminance, against the other (unrelated) images of the set
-    (``image_wire_leakage``); a token-sequence wire ``[T, D]`` whose T (or T - 1, a leading
+    luminance, against unrelated pictures (``image_wire_leakage``; the unrelated set is
+    ``sample_images(seed=1234)``, as ``eeonnx audit`` draws it); a token-sequence wire ``[T, D]`` whose T (or T - 1, a leading
     summary token dropped) is a square is read as a ``[D, s, s]`` grid;
   * token models: nearest-neighbour token-match rate and k-means purity of the per-position
     wire vectors across contexts (``token_wire_leakage``); token ids on the wire are a
@@ -56,6 +56,7 @@ class Calibration:
     source: str
     feeds: list[dict] = field(default_factory=list)  # one feed dict per sample
     images: list = field(default_factory=list)  # image models: [C, H, W] per sample
+    unrelated: list = field(default_factory=list)  # image models: the baseline's unrelated pictures
     token_input: str = ""
     tokens: np.ndarray | None = None  # token models: plain ids, [samples, seq]
 
@@ -106,11 +107,10 @@ def calibrate(comp, images: str | None = None, text=(), tokenizer: str | None = 
         else:
             pics = sample_images(n_images, hw, seed=0)
             source = f"{len(pics)} procedural sample images (eeonnx.audit.images.sample_images, seed 0)"
-        cal = Calibration("image", source)
+        # the baseline: unrelated pictures, drawn as `eeonnx audit` draws them
+        cal = Calibration("image", source, unrelated=sample_images(len(pics), hw, seed=1234))
         for pic in pics:
-            x = pic[: dims[ch]] if dims[ch] == 1 else pic
-            if dims[ch] == 1:
-                x = pic.mean(0, keepdims=True)
+            x = pic.mean(0, keepdims=True) if dims[ch] == 1 else pic
             x = x if ch == 1 else np.transpose(x, (1, 2, 0))
             feeds = _other_inputs(model, {image.name: x[None].astype(_np_dtype(image))}, 1, hw[0])
             cal.feeds.append(feeds)
@@ -250,7 +250,7 @@ def _image_metric(wires, cal: Calibration, ch_axis: int):
     for k in range(min(len(r) for r in readings)):
         # each wire's PC1 once: as a one-channel wire it is its own PC1 (up to sign and
         # scale, which the absolute Pearson correlation ignores), so the metric is unchanged
-        r = image_wire_leakage([wire_pc1(forms[k])[None] for forms in readings], cal.images)
+        r = image_wire_leakage([wire_pc1(forms[k])[None] for forms in readings], cal.images, cal.unrelated)
         if best is None or r["excess"] > best["excess"]:
             best = {"correlation": r["correlation"], "baseline": r["baseline"], "excess": r["excess"]}
     return best
