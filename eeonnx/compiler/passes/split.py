@@ -121,7 +121,7 @@ def structure_values(comp, model: ir.Model) -> set[str]:
     for node in model.graph:
         dirty = False
         if node.op_type not in SHAPE_ONLY or node.domain not in ("", "ai.onnx"):
-            for v in node.inputs:
+            for v in list(node.inputs) + outer_reads(node):  # a subgraph's outer reads count
                 if v is None:
                     continue
                 dirty |= v.name in tainted
