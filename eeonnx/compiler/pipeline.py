@@ -21,7 +21,7 @@ from eeonnx.compiler import layout as L
 from eeonnx.errors import StrictPinError, UnsupportedOpError
 from eeonnx.compiler.keys import Key
 from eeonnx.compiler.passes import (boundary, check, emit, fold, keygen, load, normalize, propagate, split, state,
-                                    transforms)
+                                    restructure, transforms)
 
 
 @dataclass
@@ -40,6 +40,8 @@ class Compilation:
     client_state: list = field(default_factory=list)
     split: split.SplitPlan | None = None
     server_proto: onnx.ModelProto | None = None
+    server_model: ir.Model | None = None  # the server in the original's structure (restructure.py)
+    structure_note: str = ""  # why the server keeps the normalized structure, if it does
     tokenizer: dict | None = None
     losses: list = field(default_factory=list)
     perms: dict = field(default_factory=dict)
@@ -171,6 +173,7 @@ class Compilation:
             "pins": self.pins(),
             "nodes": {"original": self.original_nodes,
                       "server": len(self.server_proto.graph.node) if self.server_proto is not None
+                      else len(self.server_model.graph) if self.server_model is not None
                       else len(self.model.graph)},
             "key_budget": self.key_budget(),
             "placement": self.placement,
@@ -273,6 +276,7 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     (eeonnx.compiler.plan, on ``images`` / ``text`` or bundled samples) is at most this."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
+    original = _pristine(model)
     comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear, server_state=server_state,
                    transforms_mode=transforms_mode, allow_rounding=allow_rounding)
     if comp.unsupported:
@@ -300,5 +304,18 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     boundary.BoundaryPass(comp)(comp.model)
     if tokenizer is not None:
         comp.tokenizer = _client_tokenizer(comp, os.fspath(tokenizer))
+    if original is not None:
+        comp.server_model, comp.structure_note = restructure.original_server(comp, original)
+    else:
+        comp.structure_note = "an in-memory ir.Model (no pristine copy)"
     emit.emit(comp, out, force, progress=progress)
     return comp
+
+
+def _pristine(model) -> ir.Model | None:
+    """A second, untouched load of the original (lazy tensors: cheap), for restructure."""
+    if isinstance(model, ir.Model):
+        return None
+    m = load.load_model(model)
+    load.inline_small_external(m)
+    return m

@@ -130,9 +130,10 @@ def _write(comp, root: str, progress: bool = False) -> None:
         onnx.save(comp.server_proto, server_path, save_as_external_data=external,
                   location="model.onnx.data")
     else:
-        stamp_ir(comp.model, props)
+        server = comp.server_model if comp.server_model is not None else comp.model  # restructure.py
+        stamp_ir(server, props)
         bar = Progress(comp.weight_bytes) if progress and external else None
-        ir.save(comp.model, server_path, external_data="model.onnx.data" if external else None,
+        ir.save(server, server_path, external_data="model.onnx.data" if external else None,
                 callback=bar.tensor_written if bar else None)
         if bar:
             bar.close()
