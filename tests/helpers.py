@@ -443,24 +443,34 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     # -- the weights are permuted, only permuted --------------------------------
     orig_t = original_tensors(model)
     changed, matched = [], 0
-    for t in srv_proto.graph.initializer:
-        if t.name not in orig_t:
+    for name, s in original_tensors(srv_proto).items():  # initializers and Constant values
+        if name not in orig_t:
             continue
         matched += 1
-        s, o = numpy_helper.to_array(t), orig_t[t.name]
-        assert s.shape == o.shape and s.dtype == o.dtype, f"initializer '{t.name}' changed shape/dtype"
+        o = orig_t[name]
+        assert s.shape == o.shape and s.dtype == o.dtype, f"initializer '{name}' changed shape/dtype"
         # packed 4-bit weights (MatMulNBits) are repacked: the same nibbles, moved
         assert _same_multiset(s, o) or (s.dtype == np.uint8 and _same_multiset(_nibbles(s), _nibbles(o))), \
-            f"initializer '{t.name}' holds other values than the original"
+            f"initializer '{name}' holds other values than the original"
         if s.tobytes() != o.tobytes():
-            changed.append(t.name)
+            changed.append(name)
     assert changed or (split and not matched), "no server initializer differs from the original"
 
     # -- same graph as the normalized model (less the client's layers) --------------
     norm = normalized_proto(model, dims)
     norm_sigs = [_node_sig(n) for n in norm.graph.node]
     srv_sigs = [_node_sig(n) for n in srv_proto.graph.node]
-    if not split:
+    if manifest.get("server_structure", {}).get("structure") == "original":
+        # the original's nodes, less Identity nodes over constants (now initializers);
+        # Constant nodes keep their place (their values may be permuted)
+        def sig(n):
+            return (n.op_type, n.domain or "") if n.op_type == "Constant" else _node_sig(n)
+
+        orig_sigs = Counter(map(repr, map(sig, model.graph.node)))
+        got_sigs = Counter(map(repr, map(sig, srv_proto.graph.node)))
+        assert not got_sigs - orig_sigs, "server has nodes not in the original"
+        assert all("Identity" in k for k in orig_sigs - got_sigs), "server lost non-Identity nodes"
+    elif not split:
         assert len(srv_sigs) == len(norm_sigs)
         assert Counter(n.op_type for n in srv_proto.graph.node) == Counter(n.op_type for n in norm.graph.node)
         assert srv_sigs == norm_sigs

@@ -175,6 +175,9 @@ class Compilation:
                       "server": len(self.server_proto.graph.node) if self.server_proto is not None
                       else len(self.server_model.graph) if self.server_model is not None
                       else len(self.model.graph)},
+            # restructure.py: the server in the original graph's nodes (ORT fuses it alike), or why not
+            "server_structure": {"structure": "original" if self.server_model is not None else "normalized",
+                                 **({"reason": self.structure_note} if self.server_model is None else {})},
             "key_budget": self.key_budget(),
             "placement": self.placement,
         }
