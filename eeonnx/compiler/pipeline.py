@@ -303,12 +303,14 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     comp.split = split.plan_split(comp, comp.model, split_mode, min_key_bits, tuple(split_at),
                                   tuple(allow_weak) + tuple(allow_clear))
     split.drop_client_only_classes(comp, comp.model, comp.split)
+    before = {name: id(v.const_value) for name, v in comp.model.graph.initializers.items()}
     fold.FoldPass(comp)(comp.model)
+    changed = [name for name, v in comp.model.graph.initializers.items() if id(v.const_value) != before.get(name)]
     boundary.BoundaryPass(comp)(comp.model)
     if tokenizer is not None:
         comp.tokenizer = _client_tokenizer(comp, os.fspath(tokenizer))
     if original is not None:
-        comp.server_model, comp.structure_note = restructure.original_server(comp, original)
+        comp.server_model, comp.structure_note = restructure.original_server(comp, original, changed)
     else:
         comp.structure_note = "an in-memory ir.Model (no pristine copy)"
     emit.emit(comp, out, force, progress=progress)

@@ -17,12 +17,12 @@ Constant node's value; an Identity of a constant that normalization made an
 initializer becomes that initializer first, see
 ``_materialize_constant_identities``), and
 (2) is read, in the original, only by nodes that survive normalization
-unchanged in op type and input position (same first output name), directly
+unchanged in op type, attributes and input position (same first output name), directly
 or through Identity nodes (which only rename it), so no folded value was
 computed from it. Then original(changed) equals
 normalized(changed) as functions: shape-derived folds read only shapes, which
 permutations and group transforms preserve. Otherwise (a changed value that
-was lifted or folded, model-local functions, inputs that normalization
+was lifted or folded, control flow, model-local functions, inputs that normalization
 removed or renamed, a client split) the normalized server model is kept and
 ``reason`` says why.
 """
@@ -31,11 +31,16 @@ from __future__ import annotations
 import onnx_ir as ir
 
 
-def original_server(comp, original: ir.Model) -> tuple[ir.Model | None, str]:
-    """(the original graph carrying the server's changed initializers, "") or (None, why not)."""
+def original_server(comp, original: ir.Model, changed: list[str]) -> tuple[ir.Model | None, str]:
+    """(the original graph carrying the server's changed initializers, "") or (None, why not).
+
+    ``changed``: the top-level initializers of the normalized model whose tensor
+    the fold replaced (compared by identity before and after it)."""
     norm = comp.model
     if comp.split is not None and comp.split.active:
         return None, "client split (the server is a subgraph)"
+    if any(_has_subgraph(n) for g in (original.graph, norm.graph) for n in g):
+        return None, "control flow (subgraph tensors are folded inside their branches)"
     if original.functions:
         return None, "model-local functions (inlined by normalization)"
     if ([v.name for v in original.graph.inputs] != [v.name for v in norm.graph.inputs]
@@ -50,7 +55,7 @@ def original_server(comp, original: ir.Model) -> tuple[ir.Model | None, str]:
     _materialize_constant_identities(original, norm)
     producers = {o.name: n for n in original.graph for o in n.outputs if o.name}
     targets = []
-    for name in comp.weight_index:
+    for name in changed:
         if name in original.graph.initializers:
             root = original.graph.initializers[name]
         else:
@@ -89,9 +94,18 @@ def _readers_kept(value: ir.Value, aliases: set[str], kept: dict) -> str:
             continue
         twin = kept.get(user.outputs[0].name) if user.outputs else None
         if (twin is None or twin.op_type != user.op_type or twin.domain != user.domain
-                or k >= len(twin.inputs) or twin.inputs[k] is None or twin.inputs[k].name not in aliases):
+                or k >= len(twin.inputs) or twin.inputs[k] is None or twin.inputs[k].name not in aliases
+                or _attrs(twin) != _attrs(user)):
             return f"node '{user.name}' reading '{value.name}' was rewritten by normalization"
     return ""
+
+
+def _attrs(node: ir.Node) -> dict:
+    return {name: repr(a.value) for name, a in node.attributes.items()}
+
+
+def _has_subgraph(node: ir.Node) -> bool:
+    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
 
 
 def _materialize_constant_identities(original: ir.Model, norm: ir.Model) -> None:
