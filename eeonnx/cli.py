@@ -151,7 +151,7 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
     Example:
       eeonnx compile models/cnn.onnx -o out/cnn
       eeonnx compile models/mlp.onnx -o out/mlp --transforms max
-      eeonnx compile models/cnn.onnx -o out/cnn --max-leak 0.05   # cut placed by measured leakage
+      eeonnx compile models/cnn.onnx -o out/cnn --max-leak 0.15   # cut placed by measured leakage
     writes
       out/cnn/server/model.onnx      ship this to the untrusted server
       out/cnn/client/encode.onnx     inputs  -> server inputs
