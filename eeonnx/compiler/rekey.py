@@ -194,6 +194,13 @@ def _tensor_index(t, inverse: bool, perms, sizes) -> np.ndarray:
 def _rekey_file(path: str, entries: dict, old, new, sizes, rel: str) -> onnx.ModelProto:
     model = onnx.load(path)
     present = {t.name: t for t in model.graph.initializer}
+    # a server in the original's structure (restructure.py) may hold a changed tensor as the
+    # value of the Constant node that produces it
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+            for a in node.attribute:
+                if a.name == "value" and node.output[0] not in present:
+                    present[node.output[0]] = a.t
     for name, entry in entries.items():
         t = present.get(name)
         if t is None:
@@ -213,7 +220,7 @@ def _rekey_file(path: str, entries: dict, old, new, sizes, rel: str) -> onnx.Mod
                                      f"the record says {p_old.size}")
                 if not np.array_equal(p_old, p_new):
                     fresh = np.take(fresh, np.argsort(p_old)[p_new], axis=axis)
-        t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(fresh), name))
+        t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(fresh), t.name))
     return model
 
 
