@@ -225,7 +225,7 @@ def _bigrams(ids, index, k) -> np.ndarray:
     return m
 
 
-def frequency_attack(cipher_ids, reference_ids, vocab_size, top=600, sweeps=30,
+def frequency_attack(cipher_ids, reference_ids, vocab_size, top=None, sweeps=30,
                      smoothing=0.3, time_budget=None, seed=0) -> np.ndarray:
     """Guess the plain id of every cipher id of a deterministic substitution.
 
@@ -235,7 +235,9 @@ def frequency_attack(cipher_ids, reference_ids, vocab_size, top=600, sweeps=30,
 
     1. unigram rank: the k-th most frequent cipher id is guessed to be the k-th
        most frequent reference id;
-    2. bigram hill climbing over the ``top`` most frequent cipher ids: the
+    2. bigram hill climbing over the ``top`` most frequent cipher ids (default:
+       those seen at least 3 times, between 100 and 600; rarer ids carry too
+       few bigrams to place and only make the climb overfit): the
        assignment to ``top + top // 2`` reference candidates maximizing
        ``sum C[a,b] log P_ref(g(a), g(b)) + sum n_a log P_ref(g(a))`` (the
        reference bigram distribution interpolated with the product of
@@ -255,6 +257,8 @@ def frequency_attack(cipher_ids, reference_ids, vocab_size, top=600, sweeps=30,
     r_order = np.argsort(-(rc + tie), kind="stable")
     guess = np.empty(vocab_size, dtype=np.int64)
     guess[c_order] = r_order  # unigram rank
+    if top is None:
+        top = int(np.clip((cc >= 3).sum(), 100, 600))
     k = int(min(top, (cc > 0).sum()))
     if k < 2 or len(cipher) < 2 or len(ref) < 2:
         return guess

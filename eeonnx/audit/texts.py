@@ -2,7 +2,7 @@
 
 Default corpus: Python's own documentation shipped with every CPython
 (``pydoc_data.topics``) and the docstrings of the standard library's modules,
-in a fixed order. :func:`split_documents` deals documents alternately to the
+in a fixed shuffled order. :func:`split_documents` deals documents alternately to the
 *private* stream (what the client encrypts) and the *reference* (public text of
 the same kind the attacker is granted), so the two never share a document.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import random
 import sysconfig
 
 
@@ -40,6 +41,9 @@ def default_documents(max_chars: int = 3_000_000) -> list[str]:
             total += len(text)
     if not docs:
         docs = [_FALLBACK]
+    # a fixed shuffle: the stream should not open with one kind of page (the first
+    # pydoc topics are grammar notation), and both halves get every kind
+    random.Random(0).shuffle(docs)
     return docs
 
 

@@ -27,7 +27,10 @@ class GroundTruth:
             with open(path, encoding="utf-8") as f:
                 self.record = json.load(f)
         self.classes = {c["name"]: c for c in self.record["classes"]}
-        self.perms = {n: np.asarray(c["perm"], dtype=np.int64) for n, c in self.classes.items() if "perm" in c}
+        # only plain permutation classes are scored position by position; classes of a
+        # larger group (scales, orthogonal maps) are left unscored rather than misread
+        self.perms = {n: np.asarray(c["perm"], dtype=np.int64) for n, c in self.classes.items()
+                      if "perm" in c and c.get("group", "permutation") == "permutation"}
         self.sizes = {n: int(c["size"]) for n, c in self.classes.items()}
         self.terms = self.record["files"].get("server/model.onnx", {})
 
