@@ -27,10 +27,9 @@ class GroundTruth:
             with open(path, encoding="utf-8") as f:
                 self.record = json.load(f)
         self.classes = {c["name"]: c for c in self.record["classes"]}
-        # only plain permutation classes are scored position by position; classes of a
-        # larger group (scales, orthogonal maps) are left unscored rather than misread
-        self.perms = {n: np.asarray(c["perm"], dtype=np.int64) for n, c in self.classes.items()
-                      if "perm" in c and c.get("group", "permutation") == "permutation"}
+        # every class with a recorded permutation is scored on it; for a class of a
+        # larger group (permutation x scales) that is the permutation part of its key
+        self.perms = {n: np.asarray(c["perm"], dtype=np.int64) for n, c in self.classes.items() if "perm" in c}
         self.sizes = {n: int(c["size"]) for n, c in self.classes.items()}
         self.terms = self.record["files"].get("server/model.onnx", {})
 
