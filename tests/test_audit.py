@@ -86,7 +86,7 @@ def test_scorecard_json_fields_and_attacks(bert_out, tmp_path):
     data = json.loads(r.stdout)
     assert set(data) >= {"artifact", "artifact_id", "permutation_entropy_bits", "seconds", "attacks", "exposures"}
     names = [a["name"] for a in data["attacks"]]
-    assert names == ["known_weights", "finetune", "frequency", "image_wire", "linkability"]
+    assert names == ["known_weights", "finetune", "frequency", "token_wire", "image_wire", "linkability"]
     for a in data["attacks"]:
         assert set(a) >= {"name", "threat_model", "applies", "recovered", "headline", "seconds", "target", "verdict"}
     by = {a["name"]: a for a in data["attacks"]}
@@ -177,3 +177,14 @@ def test_finetune_alignment_recovers_a_noisy_fine_tune(tmp_path):
     rec = finetune.attack(view.float_weights(), load_weights(BERT))
     s = score_alignment(rec, GroundTruth(str(out)), view.weights)
     assert s["vocabulary"] == 1.0 and s["classes_recovered"] == 1.0, s
+
+
+def test_token_wire_clustering_after_a_client_split(tmp_path):
+    # the embedding layers run on the client: the server receives one vector per position
+    out = tmp_path / "split"
+    eeonnx.compile(BERT, str(out), split_at=("in:/bert/embeddings/LayerNorm/LayerNormalization_output_0",))
+    r = audit(str(out), budget=10)
+    by = {a["name"]: a for a in r["attacks"]}
+    assert by["frequency"]["applies"] is False  # no token ids cross the wire
+    tw = by["token_wire"]
+    assert tw["applies"] and tw["recovered"]["nn_match"] > tw["recovered"]["baseline"] + 0.2, tw["recovered"]

@@ -17,8 +17,9 @@ JSON fields (``eeonnx audit --json``)::
 
 ``recovered`` per attack: known_weights / finetune: classes, classes_recovered,
 vocabulary, weights_rebuilt; frequency: curve [{tokens, recovered, baseline,
-ids_recovered, seconds}]; image_wire: correlation, baseline, excess,
-per_image; linkability: matched.
+ids_recovered, distinct_ids, seconds}]; token_wire: nn_match, baseline,
+cluster_purity, purity_baseline, positions, tokens_from; image_wire:
+correlation, baseline, excess, per_image, wire; linkability: matched.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ TARGETS = {
     "finetune": ("classes recovered < 1%", lambda r: (r.get("classes_recovered") or 0) < 0.01),
     "frequency": ("occurrences recovered <= constant-guess baseline + 5 points at every length",
                   lambda r: all(p["recovered"] <= p["baseline"] + 0.05 for p in r["curve"])),
+    "token_wire": ("nearest-neighbour token match <= chance + 5 points",
+                   lambda r: r["nn_match"] <= r["baseline"] + 0.05),
     "image_wire": ("wire PC1 correlation <= unrelated-image baseline + 0.1", lambda r: r["excess"] <= 0.1),
     "linkability": ("< 10% of tensors found in the other artifact", lambda r: r["matched"] < 0.1),
 }
@@ -130,6 +133,9 @@ def audit(out_dir: str, original=None, base=None, texts=None, images_dir=None, l
 
         # 3. frequency analysis of the encrypted id stream
         result["attacks"].append(_frequency(out_dir, manifest, texts, budget, say))
+
+        # 4. wire clustering for token models whose embedding runs on the client
+        result["attacks"].append(_token_wire(out_dir, manifest, texts, say))
 
         # 5. image wire leakage
         result["attacks"].append(_image_wire(out_dir, manifest, images_dir, say))
@@ -234,6 +240,96 @@ def _frequency(out_dir, manifest, texts, budget, say):
     last = curve[-1]
     _verdict(entry, ", ".join(f"{p['recovered']:.0%} at {p['tokens']}" for p in curve)
              + f" tokens (best constant guess {last['baseline']:.0%})")
+    return entry
+
+
+def _client_token_input(out_dir, manifest):
+    """The integer input that client layers use to index the largest table (a Gather
+    on an initializer in encode.onnx), with ``value_size`` its row count; or None."""
+    import onnx
+
+    ints = [c for c in manifest.get("inputs", []) if c.get("clear") and "int" in c.get("dtype", "")
+            and "client layers" in c.get("clear_reason", "")]
+    if not ints:
+        return None
+    enc = onnx.load(os.path.join(out_dir, "client", "encode.onnx"))
+    rows = {t.name: t.dims[0] for t in enc.graph.initializer if t.dims}
+    best = None
+    for c in ints:
+        for n in enc.graph.node:
+            if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == c["name"] and n.input[0] in rows:
+                if best is None or rows[n.input[0]] > best["value_size"]:
+                    best = {**c, "value_size": int(rows[n.input[0]])}
+    return best
+
+
+def _token_wire(out_dir, manifest, texts, say, contexts: int = 48, length: int = 16):
+    """Token ids read by client layers: the server receives vectors per position.
+    Contexts are windows of the private text; every other integer input is all
+    ones (the same in every context), floats are not generated (not applicable)."""
+    entry = _entry("token_wire", "the wire vectors of a token model whose embedding runs on the client")
+    tok_in = _client_token_input(out_dir, manifest)
+    tok_path = os.path.join(out_dir, "client", "tokenizer.json")
+    if tok_in is None:
+        entry.update(applies=False, reason="no token input is read by client layers (ids cross encrypted)")
+        return entry
+    from eeonnx.client.client import Client
+
+    client = Client(out_dir)
+    vocab = int(tok_in["value_size"])
+    if os.path.exists(tok_path):
+        import tokenizers
+
+        from eeonnx.audit import texts as T
+
+        tok = tokenizers.Tokenizer.from_file(tok_path)
+        tok.no_truncation()
+        tok.no_padding()
+        docs = T.split_documents(T.read_documents(texts) if texts else T.default_documents())[0]
+        ids = np.concatenate([e.ids for e in tok.encode_batch(docs[:50], add_special_tokens=False)])
+        try:
+            ids = np.argsort(client.id_map())[ids]
+        except ValueError:
+            pass  # the client layers take plain ids
+        source = "text"
+    else:  # no tokenizer: Zipf-distributed ids (a stand-in for text)
+        rng = np.random.default_rng(0)
+        zipf = 1.0 / np.arange(1, vocab + 1)
+        ids = rng.permutation(vocab)[rng.choice(vocab, contexts * length, p=zipf / zipf.sum())]
+        source = "synthetic Zipf ids"
+    to_plain = np.arange(vocab)
+    plain = to_plain[ids[: contexts * length]].reshape(-1, length)
+    dtypes = client.input_dtypes()
+    t0 = time.monotonic()
+    vectors, tokens, ctx = [], [], []
+    for c, row in enumerate(plain):
+        feeds = {}
+        for name in client.input_names:
+            dt = dtypes[name]
+            if name == tok_in["name"]:
+                feeds[name] = row[None].astype(dt)
+            elif np.issubdtype(dt, np.integer) or dt == np.bool_:
+                feeds[name] = np.ones((1, length), dtype=dt)
+            else:
+                entry.update(applies=False, reason=f"float input '{name}' besides the tokens: not generated")
+                return entry
+        wire = [v for v in client.encode(feeds).values() if v.dtype.kind == "f" and v.ndim == 3
+                and v.shape[:2] == (1, length)]
+        if not wire:
+            entry.update(applies=False, reason="no [batch, sequence, features] float tensor crosses the wire")
+            return entry
+        vectors.append(wire[0][0])
+        tokens.append(row)
+        ctx.append(np.full(length, c))
+    say(f"token wire clustering on {len(plain)} contexts of {length} tokens")
+    entry["recovered"] = metrics.token_wire_leakage(np.concatenate(vectors), np.concatenate(tokens),
+                                                    np.concatenate(ctx))
+    entry["recovered"]["tokens_from"] = source
+    entry["seconds"] = time.monotonic() - t0
+    r = entry["recovered"]
+    _verdict(entry, f"nearest wire vector in another context has the same token {r['nn_match']:.0%} of the time "
+             f"(chance {r['baseline']:.0%}); k-means purity {r['cluster_purity']:.0%} "
+             f"(shuffled {r['purity_baseline']:.0%})")
     return entry
 
 
