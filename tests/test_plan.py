@@ -130,3 +130,18 @@ def test_plan_cli_token_model(tmp_path):
     assert any(x["side"] == "in" and x["split_at"].startswith("in:") for x in data["rows"])
     r = CliRunner().invoke(main, ["plan", str(BERT), "--text", str(plot)])
     assert r.exit_code == 2 and "--tokenizer" in r.output
+
+
+def test_plan_kv_decoder_starts_from_an_empty_cache():
+    """Server state (a KV cache) is fed empty; no prefix cut moves a block that reads the cache."""
+    model = ROOT / "models" / "fixtures" / "llama_kv.ts.onnx"
+    comp = pipeline.analyze(model)
+    assert comp.state, "the fixture should have server state"
+    rows, cal = P.measure(comp)
+    reads_state = {n.name for n in comp.model.graph for v in n.inputs
+                   if v is not None and v.name in {s.input for s in comp.state}}
+    cuts = S.candidate_cuts(comp, comp.model)
+    g = S._Graph(comp.model, comp)
+    for c in cuts:
+        assert not {g.nodes[k].name for k in c.plan.prefix} & reads_state
+    assert any(r.side == "out" and r.spec for r in rows)

@@ -112,7 +112,7 @@ def calibrate(comp, images: str | None = None, text=(), tokenizer: str | None = 
         for pic in pics:
             x = pic.mean(0, keepdims=True) if dims[ch] == 1 else pic
             x = x if ch == 1 else np.transpose(x, (1, 2, 0))
-            feeds = _other_inputs(model, {image.name: x[None].astype(_np_dtype(image))}, 1, hw[0])
+            feeds = _other_inputs(comp, {image.name: x[None].astype(_np_dtype(image))}, 1, hw[0])
             cal.feeds.append(feeds)
             cal.images.append(pic)
         return cal
@@ -120,7 +120,7 @@ def calibrate(comp, images: str | None = None, text=(), tokenizer: str | None = 
         ids, source = _token_stream(vocab, text, tokenizer, contexts, seq)
         cal = Calibration("token", source, token_input=token.name, tokens=ids)
         for row in ids:
-            cal.feeds.append(_other_inputs(model, {token.name: row[None].astype(_np_dtype(token))}, 1, len(row)))
+            cal.feeds.append(_other_inputs(comp, {token.name: row[None].astype(_np_dtype(token))}, 1, len(row)))
         return cal
     raise PlanError("plan needs a model with an image input (float [N, C, H, W], C = 1 or 3) or "
                     "token ids (an integer input that indexes a table)")
@@ -130,15 +130,21 @@ def _np_dtype(v: ir.Value):
     return v.dtype.numpy()
 
 
-def _other_inputs(model: ir.Model, feeds: dict, batch: int, seq: int) -> dict:
-    """Feeds for the inputs other than the content one: Hugging Face conventions (the one
-    place names are read, shared with generation), zeros for anything else of fixed shape."""
+def _other_inputs(comp, feeds: dict, batch: int, seq: int) -> dict:
+    """Feeds for the inputs other than the content one: an empty cache for server state,
+    Hugging Face conventions (the one place names are read, shared with generation), zeros
+    for anything else of fixed shape."""
     from eeonnx.client.generate import _default_input
 
-    for v in model.graph.inputs:
+    state = {s.input: s for s in comp.state}
+    for v in comp.model.graph.inputs:
         if v.name in feeds:
             continue
         dtype = _np_dtype(v)
+        if v.name in state:
+            shape = state[v.name].empty_shape()
+            feeds[v.name] = np.zeros([d if isinstance(d, int) else batch for d in shape], dtype=dtype)
+            continue
         try:
             feeds[v.name] = _default_input(v.name, dtype, 0, seq, batch)
         except ValueError:
