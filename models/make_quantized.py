@@ -22,6 +22,7 @@ destination; none changes the source.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -41,6 +42,19 @@ _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onn
 def _quiet():
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     logging.disable(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _scratch_cwd():
+    """onnxruntime's quantizers drop scratch files (sym_shape_infer_temp.onnx, *.data)
+    into the working directory: run them in a temporary one."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="eeonnx-quant-cwd-") as d:
+        os.chdir(d)
+        try:
+            yield
+        finally:
+            os.chdir(old)
 
 
 def calibration_feeds(model_path: str, n: int = 4, seed: int = 0, seq: int = 4) -> list[dict]:
@@ -78,7 +92,9 @@ def dynamic_int8(src: str, dst: str) -> str:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _quiet()
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    src, dst = os.path.abspath(src), os.path.abspath(dst)
+    with _scratch_cwd():
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
     return dst
 
 
@@ -97,7 +113,8 @@ def qdq_static(src: str, dst: str, per_channel: bool = True) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     _quiet()
-    with tempfile.TemporaryDirectory(prefix="eeonnx-quant-") as scratch:
+    src, dst = os.path.abspath(src), os.path.abspath(dst)
+    with tempfile.TemporaryDirectory(prefix="eeonnx-quant-") as scratch, _scratch_cwd():
         pre = os.path.join(scratch, "pre.onnx")
         try:
             quant_pre_process(src, pre, skip_symbolic_shape=False)
@@ -112,9 +129,11 @@ def int4(src: str, dst: str, block_size: int = 32, symmetric: bool = False) -> s
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     _quiet()
-    q = MatMulNBitsQuantizer(onnx.load(src), block_size=block_size, is_symmetric=symmetric)
-    q.process()
-    q.model.save_model_to_file(dst)
+    src, dst = os.path.abspath(src), os.path.abspath(dst)
+    with _scratch_cwd():
+        q = MatMulNBitsQuantizer(onnx.load(src), block_size=block_size, is_symmetric=symmetric)
+        q.process()
+        q.model.save_model_to_file(dst)
     return dst
 
 

@@ -287,3 +287,40 @@ def test_contrib_quantized_matmuls(tmp_path, op):
     n_axis = 0 if op == "QGemm" else 1
     assert is_secret(spec["wq"][n_axis]) and spec["ws"][0] == spec["wz"][0] == spec["wq"][n_axis] == spec["bias"][0]
     assert spec["w2"][0] == spec["wq"][n_axis]
+
+
+def _share_packed(q: onnx.ModelProto, plain_reader: bool) -> onnx.ModelProto:
+    """A second node reads w1's packed B: another MatMulNBits on Sigmoid(its input) (two
+    readers unpacking alike, as in both branches of a merged decoder), or a Gather
+    of rows of the bytes by an input (a reader that does not unpack)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(q)
+    (node,) = [n for n in m.graph.node if n.op_type == "MatMulNBits" and n.input[1].startswith("w1")]
+    if plain_reader:
+        m.graph.input.append(helper.make_tensor_value_info("rows", TensorProto.INT64, [2]))
+        m.graph.node.append(helper.make_node("Gather", [node.input[1], "rows"], ["bytes"]))
+        m.graph.output.append(helper.make_tensor_value_info("bytes", TensorProto.UINT8, None))
+        return m
+    twin = onnx.NodeProto()
+    twin.CopyFrom(node)
+    twin.name = "twin"
+    m.graph.node.append(helper.make_node("Sigmoid", [node.input[0]], ["neg_in"]))
+    twin.input[0] = "neg_in"
+    twin.output[0] = "twin_out"
+    idx = list(m.graph.node).index(node)
+    m.graph.node.insert(idx + 1, twin)
+    m.graph.node.insert(idx + 1, m.graph.node.pop())  # Sigmoid before the twin
+    (reader,) = [n for n in m.graph.node if node.output[0] in n.input and n.name != "twin"]
+    add = helper.make_node("Add", [node.output[0], "twin_out"], ["sum_out"])
+    m.graph.node.insert(list(m.graph.node).index(reader), add)
+    reader.input[list(reader.input).index(node.output[0])] = "sum_out"
+    return m
+
+
+@pytest.mark.parametrize("plain_reader", [False, True])
+def test_packed_weight_with_two_readers(tmp_path, plain_reader):
+    q = _share_packed(_int4(_mlp(64), tmp_path, 32, False), plain_reader)
+    comp = roundtrip(q, tmp_path / "rt", dims={"batch": 3}, rtol=1e-5, allow_clear=("bytes", "rows"))
+    spec = comp.spec()
+    (b,) = [n for n in spec if n.startswith("w1") and n.endswith("Q4")]
+    assert is_secret(spec[b][1]) != plain_reader, spec[b]  # pinned when a node reads the raw bytes

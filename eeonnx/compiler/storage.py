@@ -98,11 +98,5 @@ def packed_view(stored_shape, logical_shape, terms, bits: int, rows: int) -> Sto
     return StorageView(tuple(logical_shape), list(terms), rows, per_row, bits)
 
 
-def is_uniform(stored: np.ndarray, view: StorageView) -> bool:
-    """Every logical element equal: no permutation of the logical axes changes it."""
-    a = logical(stored, view).reshape(-1)
-    return a.size == 0 or bool((a == a[0]).all())
-
-
 def free_terms(view: StorageView) -> list[L.Term]:
     return list(view.terms)

@@ -30,6 +30,7 @@ class Analysis:
         # initializers whose stored axes are not the computed ones (packed int4):
         # fold permutes their logical view (see compiler/storage.py)
         self.storage: dict[ir.Value, object] = {}
+        self.storage_readers: dict[ir.Value, set[int]] = {}  # packed value -> ids of nodes unpacking it
         self.run_graph = lambda graph: None  # set by PropagatePass: propagate through a subgraph
         self.current: ir.Node | None = None
         self.unifier = L.Unifier(self._context)
@@ -86,6 +87,15 @@ class Analysis:
         except rules.NoShape:
             return None
 
+    def check_storage(self) -> None:
+        """A packed weight that some node reads without unpacking it keeps its bytes:
+        its logical axes are pinned (the node would see repacked bytes otherwise)."""
+        for value, view in self.storage.items():
+            readers = {id(u.node) for u in value.uses()}
+            if readers != self.storage_readers.get(value, set()):
+                for t in view.terms:
+                    self.unifier.pin(t, "packed weight also read as plain bytes")
+
     def weight_terms(self, value: ir.Value) -> list[L.Term] | None:
         """Layout per axis of what an initializer holds: its storage view's logical
         axes when it has one, else its own axes."""
@@ -104,6 +114,7 @@ class PropagatePass:
         an.run_graph = lambda graph: _run(an, model, graph, unsupported)
         an.run_graph(model.graph)
         an.current = None
+        an.check_storage()
         self.comp.analysis = an
 
 

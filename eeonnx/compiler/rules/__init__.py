@@ -140,28 +140,33 @@ class NodeView:
         compiler.storage.StorageView) gives its logical axes' layouts, which fold
         applies by repacking. The stored axes themselves stay as they are.
 
-        A tensor that another node also reads cannot be repacked for this one:
-        then, unless its logical values are all equal (no permutation changes
-        them), every logical axis is pinned. Returns whether the view was kept."""
-        from eeonnx.compiler import storage as S
-
+        Several nodes may read one packed tensor (two branches of a merged
+        decoder) when each reads it through the same view: their logical layouts
+        are unified. A reader that does not declare a view (it would read the
+        bytes as they are) pins every logical axis, checked once every node has
+        been seen (``Analysis.check_storage``). Returns whether the view was kept."""
         v = self.node.inputs[i]
         self._used_in.add(i)
         self._values_in.add(i)
         self.public(*self.analysis.use_terms(self.node, i))
         for t in view.terms:
             L.anchor(t)
-        stored = v.const_value.numpy() if v.const_value is not None else None
-        if stored is None:
+        if v.const_value is None or v.is_graph_output():
             for t in view.terms:
                 self.pin(t, "packed weight is not a constant")
             return False
-        if len(v.uses()) > 1 or v.is_graph_output() or v in self.analysis.storage:
-            if not S.is_uniform(stored, view):
-                for t in view.terms:
-                    self.pin(t, "packed weight shared with another node")
+        known = self.analysis.storage.get(v)
+        if known is None:
+            self.analysis.storage[v] = view
+        elif (known.logical_shape, known.rows, known.per_row, known.bits) == \
+                (view.logical_shape, view.rows, view.per_row, view.bits):
+            for a, b in zip(known.terms, view.terms):
+                self.unify(a, b, f"{self.node.op_type}: readers of one packed weight disagree")
+        else:
+            for t in list(known.terms) + list(view.terms):
+                self.pin(t, "packed weight read with two different packings")
             return False
-        self.analysis.storage[v] = view
+        self.analysis.storage_readers.setdefault(v, set()).add(id(self.node))
         return True
 
     def dims(self, i: int) -> list:

@@ -251,7 +251,10 @@ def _nbits_params(n: NodeView, i: int, nt: L.Term, blocks: L.Term, nn: int, kb: 
         p = n.x(i)
         if d == [nn, kb]:
             n.unify(p[0], nt)
-            n.unify(p[1], blocks)
+            if isinstance(L.resolve(blocks), L.Public):
+                n.public(p[1])  # one whole block (and a partial one): nothing moves
+            else:
+                n.unify(p[1], blocks)
         elif d == [nn * kb]:
             n.unify(p[0], L.kron(nt, blocks))
         else:
