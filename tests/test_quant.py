@@ -324,3 +324,20 @@ def test_packed_weight_with_two_readers(tmp_path, plain_reader):
     spec = comp.spec()
     (b,) = [n for n in spec if n.startswith("w1") and n.endswith("Q4")]
     assert is_secret(spec[b][1]) != plain_reader, spec[b]  # pinned when a node reads the raw bytes
+
+
+def test_check_spec_shows_the_block_structure(tmp_path):
+    """`eeonnx check --spec` prints the logical layout of a packed weight: K as
+    kron(blocks, within[block]), marked 4-bit packed, and the scales' block axis."""
+    from click.testing import CliRunner
+
+    from eeonnx.cli import main
+
+    q = _int4(_mlp(64), tmp_path, 32, False)
+    onnx.save(q, tmp_path / "q4.onnx")
+    res = CliRunner().invoke(main, ["check", str(tmp_path / "q4.onnx"), "--spec", "--dim", "batch=2"])
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("w1_Q4")]
+    assert "(4-bit packed)" in line and "kron(" in line and "[32])" in line, line
+    (scales,) = [ln for ln in res.output.splitlines() if ln.startswith("w1_scales")]
+    assert classes_of(scales) < classes_of(line)
