@@ -267,6 +267,17 @@ def verify_cmd(model, out, trials, tol, dims):
     click.echo(f"ok: {len(errs)} output(s) match within max({tol:g}, 4x the plain model's noise floor)")
 
 
+def _server_for(client, out: str, provider: str, server_url: str | None):
+    """The in-process Server on OUT/server/model.onnx, or a RemoteServer at --server URL."""
+    if server_url:
+        from eeonnx.client.remote import RemoteServer
+
+        return RemoteServer(server_url, client.artifact_id)
+    from eeonnx import Server
+
+    return Server(os.path.join(out, "server", "model.onnx"), _providers(provider))
+
+
 @main.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", required=True,
@@ -276,20 +287,22 @@ def verify_cmd(model, out, trials, tol, dims):
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the server model runs.")
 @click.option("--allow-over-budget", is_flag=True, help="Encode past the key's hard token limit.")
-def run(out, inputs, save, provider, allow_over_budget):
+@click.option("--server", "server_url", metavar="URL",
+              help="Run the server half on an `eeonnx serve` at URL (e.g. http://10.0.0.5:8000) instead of here.")
+def run(out, inputs, save, provider, allow_over_budget, server_url):
     """Encrypted inference from the client's side: encode, run the server model, decode.
 
     \b
     Example:
       python -c "import numpy as np; np.save('out/x.npy', np.random.rand(1,3,32,32))"
       eeonnx run out/cnn --input image=out/x.npy --save out/results/
+      eeonnx run out/cnn --input image=out/x.npy --server http://127.0.0.1:8000
     A float64 array (what np.random.rand gives) is rounded to the model's float32
     with a warning; a wrong shape, or floats where token ids are expected, is an error.
     """
     import numpy as np
 
-    from eeonnx.server import runtime
-    from eeonnx import Client, Server
+    from eeonnx import Client
 
     feeds = {}
     for item in inputs:
@@ -305,8 +318,7 @@ def run(out, inputs, save, provider, allow_over_budget):
     missing = sorted(set(client.input_names) - set(feeds))
     if unknown or missing:
         raise click.UsageError(f"model inputs are {client.input_names}; missing {missing}, unknown {unknown}")
-    providers = _providers(provider)
-    server = Server(os.path.join(out, "server", "model.onnx"), providers)
+    server = _server_for(client, out, provider, server_url)
     t0 = time.perf_counter()
     results = client.infer(server, feeds)
     ms = (time.perf_counter() - t0) * 1000
@@ -316,7 +328,7 @@ def run(out, inputs, save, provider, allow_over_budget):
         if save:
             os.makedirs(save, exist_ok=True)
             np.save(os.path.join(save, f"{name}.npy"), value)
-    click.echo(f"(encode + server on {server.session.get_providers()[0]} + decode: {ms:.1f} ms)", err=True)
+    click.echo(f"(encode + server on {server.device} + decode: {ms:.1f} ms)", err=True)
 
 
 @main.command()
@@ -331,8 +343,10 @@ def run(out, inputs, save, provider, allow_over_budget):
 @click.option("--eos-id", "eos_ids", multiple=True, type=int, help="Stop at this token id (repeatable).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--allow-over-budget", is_flag=True, help="Encode past the key's hard token limit.")
+@click.option("--server", "server_url", metavar="URL",
+              help="Generate against an `eeonnx serve` at URL: the KV cache stays on that server.")
 def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, seed, eos_ids, provider,
-             allow_over_budget):
+             allow_over_budget, server_url):
     """Encrypted text generation: the server sees encrypted ids, returns encrypted
     logits and keeps its (encrypted) KV cache; sampling happens here.
 
@@ -340,9 +354,9 @@ def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, s
     Examples:
       eeonnx generate out/llama --prompt-ids 1,2,3 --max-new-tokens 12
       eeonnx generate out/gpt2 --prompt "Hello" --temperature 0.8 --top-k 40 --seed 0
+      eeonnx generate out/llama --prompt-ids 1,2,3 --server http://127.0.0.1:8000
     """
-    from eeonnx.server import runtime
-    from eeonnx import Client, Server
+    from eeonnx import Client
 
     client = Client(out, allow_over_budget=allow_over_budget)
     tokenizer = None
@@ -357,8 +371,7 @@ def generate(out, prompt_ids, prompt_text, max_new_tokens, temperature, top_k, s
                                      param_hint="--prompt-ids") from None
     else:
         raise click.UsageError("give --prompt-ids or --prompt")
-    providers = _providers(provider)
-    server = Server(os.path.join(out, "server", "model.onnx"), providers)
+    server = _server_for(client, out, provider, server_url)
     t0, n = time.perf_counter(), 0
     generated, shown = [], ""
     for token in client.generate(server, ids, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -581,6 +594,76 @@ def plan_cmd(model, images, text, tokenizer, min_key_bits, dims, as_json, plot_p
     click.echo(P.table(rows, cal))
     if plot_path:
         click.echo(f"plot: {plot_path}")
+
+
+@main.command("serve")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; transport security is the deployment's job).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--replicas", default=1, show_default=True, help="Model replicas (Ray Serve), each with its own sessions.")
+@click.option("--max-models", default=4, show_default=True, help="Models loaded per replica (least recently used evicted).")
+@click.option("--max-sessions", default=64, show_default=True, help="Generation sessions per replica (LRU evicted).")
+@click.option("--session-ttl", default=600.0, show_default=True, help="Seconds an idle session keeps its KV cache.")
+@click.option("--max-state-mb", default=2048, show_default=True, help="KV cache memory cap per replica (MiB).")
+@click.option("--max-request-mb", default=64, show_default=True, help="Largest request body accepted (MiB).")
+@click.option("--replica-cpus", default=1.0, show_default=True, help="CPUs Ray reserves per replica.")
+@click.option("--address", metavar="ADDR", help="Join an existing Ray cluster (e.g. auto) instead of starting one.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def serve_cmd(paths, host, port, replicas, max_models, max_sessions, session_ttl, max_state_mb, max_request_mb,
+              replica_cpus, address, provider):
+    """Serve server models over HTTP (Open Inference Protocol v2) with Ray Serve.
+
+    PATHS are server/ directories, directories of them, or server model files;
+    each model is addressed by its artifact id. A directory holding client
+    files (client/, any .json) is refused. Needs the serve extra:
+    pip install 'eeonnx[serve]'.
+
+    \b
+    Examples:
+      eeonnx serve out/cnn/server
+      eeonnx serve /srv/models --host 0.0.0.0 --port 8000 --replicas 2
+      eeonnx serve /shared/models --address auto      # on an existing Ray cluster
+    """
+    try:
+        from eeonnx.server.serve.service import Options, serve_forever
+    except ImportError as e:
+        raise click.UsageError(f"eeonnx serve needs the serve extra (pip install 'eeonnx[serve]'): {e}")
+    from eeonnx.server.runtime import providers_for
+
+    opts = Options(replicas=replicas, max_models=max_models, max_sessions=max_sessions, session_ttl=session_ttl,
+                   max_state_bytes=max_state_mb << 20, max_request_bytes=max_request_mb << 20,
+                   replica_cpus=replica_cpus,
+                   providers=None if provider == "auto" else providers_for(None, provider))
+    serve_forever(paths, host=host, port=port, options=opts, address=address, echo=click.echo)
+
+
+@main.command("export-triton")
+@click.argument("artifact", type=click.Path(exists=True, path_type=str))
+@click.option("--repo", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Triton model repository to write into.")
+@click.option("--name", help="Model name in the repository (default: eeonnx-<artifact id>).")
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def export_triton(artifact, repo, name, force):
+    """Write the server half as a Triton model repository entry.
+
+    REPO/NAME/config.pbtxt (onnxruntime backend, typed inputs and outputs,
+    sequence_batching with an implicit state per KV pair) and
+    REPO/NAME/1/model.onnx. Only server files are written; the config is
+    checked against Triton's ModelConfig protobuf when tritonclient is installed.
+
+    \b
+    Example:
+      eeonnx export-triton out/llama --repo triton_models/
+      docker run --rm -p8000:8000 -v $PWD/triton_models:/models nvcr.io/nvidia/tritonserver:<ver>-py3 \\
+          tritonserver --model-repository=/models
+    """
+    from eeonnx.server.serve import triton
+
+    target = triton.export(artifact, repo, name=name, force=force)
+    checked = ("checked against Triton's ModelConfig" if triton.can_validate()
+               else "not checked: install tritonclient[grpc] to validate")
+    click.echo(f"wrote {target}/config.pbtxt and {target}/1/model.onnx ({checked})")
 
 
 if __name__ == "__main__":

@@ -74,3 +74,15 @@ class ProviderError(EEError):
 
 class EEWarning(UserWarning):
     """Something accepted but worth a line on stderr (the CLI prints ``warning: ...``)."""
+
+
+class RemoteError(EEError):
+    """A remote server refused a request or could not be reached (its message says why)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class SessionLostError(RemoteError):
+    """The server no longer holds a generation session (ended, expired, evicted, replica died)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import warnings
 
 from eeonnx.errors import EEError
@@ -122,6 +123,7 @@ class TokenCounter:
         self.fingerprint = fingerprint
         self.budget = budget
         self.tokens = 0
+        self._lock = threading.Lock()  # one Client may encode from many threads (remote sessions)
         try:
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -135,6 +137,10 @@ class TokenCounter:
         warn when the budget is crossed."""
         if self.budget is None or n <= 0:
             return
+        with self._lock:
+            self._charge(n, allow_over)
+
+    def _charge(self, n: int, allow_over: bool) -> None:
         after = self.tokens + n
         hard, soft = self.budget["hard_limit"], self.budget["tokens"]
         if after > hard and not allow_over:
@@ -146,12 +152,12 @@ class TokenCounter:
         if self.tokens <= soft < after:
             warnings.warn(f"this key has now carried {after} tokens, past its budget of {soft} (frequency "
                           f"analysis expected to recover over {self.budget['target']:.0%} of tokens); "
-                          "plan a rotation (`eeonnx rekey`)", KeyBudgetWarning, stacklevel=3)
+                          "plan a rotation (`eeonnx rekey`)", KeyBudgetWarning, stacklevel=4)
         self.tokens = after
         self._save()
 
     def _save(self) -> None:
-        tmp = self.path + ".tmp"
+        tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"  # no two writers share a temp file
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"key_fingerprint": self.fingerprint, "tokens": self.tokens}, f)
