@@ -8,7 +8,8 @@ The package is split along the trust boundary:
 
 - ``eeonnx.compiler``: layout analysis, keys, passes (holds the secret);
 - ``eeonnx.client``: encode/decode, tokenizer, generation, verify (holds the secret);
-- ``eeonnx.server``: the ONNX Runtime session the untrusted machine runs (never sees a secret);
+- ``eeonnx.server``: the ONNX Runtime session the untrusted machine runs, the serving app
+  (``eeonnx serve``) and the wire protocol (never sees a secret);
 - ``eeonnx.cli``: the command line over all of them.
 
 The public API is re-exported lazily, so ``import eeonnx.server`` on a server
@@ -16,13 +17,14 @@ machine loads nothing of the compiler or the client.
 """
 __version__ = "0.1.0"
 
-__all__ = ["Client", "Server", "check", "compile", "__version__"]
+__all__ = ["Client", "RemoteServer", "Server", "check", "compile", "__version__"]
 
 _EXPORTS = {
     "compile": ("eeonnx.compiler.api", "compile"),
     "check": ("eeonnx.compiler.api", "check"),
     "Client": ("eeonnx.client.client", "Client"),
     "Server": ("eeonnx.server.session", "Server"),
+    "RemoteServer": ("eeonnx.client.remote", "RemoteServer"),
 }
 
 

@@ -18,6 +18,8 @@ anywhere: a client addresses the model it knows.
 """
 import asyncio
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -85,6 +87,14 @@ def build(entries: dict, options: Optional[Options] = None):
             self.entries, self.opt = entries, opt
             self.replica = serve.get_replica_context().replica_id.unique_id
             self.sessions = S.SessionTable(self.replica, opt.max_sessions, opt.session_ttl, opt.max_state_bytes)
+            # idle replicas expire sessions too (begin() also expires on every request)
+            threading.Thread(target=self._expire_loop, daemon=True).start()
+
+        def _expire_loop(self):
+            period = max(1.0, min(30.0, self.opt.session_ttl / 4))
+            while True:
+                time.sleep(period)
+                self.sessions.expire()
 
         @serve.multiplexed(max_num_models_per_replica=opt.max_models)
         async def model(self, artifact_id: str):

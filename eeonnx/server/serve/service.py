@@ -46,8 +46,13 @@ def stop() -> None:
 def serve_forever(paths, *, host: str, port: int, options: Options, address: str | None = None,
                   echo=print) -> None:
     """``eeonnx serve``: start, list what is served, block until interrupted, stop."""
+    import signal
     import time
 
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a plain kill stops Ray too
     entries = start(paths, host=host, port=port, options=options, address=address)
     echo(f"serving {len(entries)} model(s) at http://{host}:{port}/v2 "
          f"({options.replicas} replica(s), up to {options.max_sessions} sessions each, TTL {options.session_ttl:g} s)")
