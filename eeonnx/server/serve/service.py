@@ -33,14 +33,20 @@ def start(paths, *, host: str = "127.0.0.1", port: int = 8000, options: Options 
     return entries
 
 
-def stop() -> None:
+def stop(timeout_s: float = 60.0) -> None:
+    """Shut the Serve application and Ray down; a Serve shutdown that hangs (its processes already
+    killed) is abandoned after ``timeout_s`` and Ray is shut down anyway."""
+    import threading
+
     import ray
     from ray import serve
 
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+    t = threading.Thread(target=serve.shutdown, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        log.warning("serve.shutdown did not finish in %.0f s; shutting Ray down", timeout_s)
+    ray.shutdown()
 
 
 def serve_forever(paths, *, host: str, port: int, options: Options, address: str | None = None,
@@ -52,8 +58,8 @@ def serve_forever(paths, *, host: str, port: int, options: Options, address: str
     def interrupt(*_):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)  # a plain kill stops Ray too
     entries = start(paths, host=host, port=port, options=options, address=address)
+    signal.signal(signal.SIGTERM, interrupt)  # after ray.init, which installs its own: a plain kill stops Ray too
     echo(f"serving {len(entries)} model(s) at http://{host}:{port}/v2 "
          f"({options.replicas} replica(s), up to {options.max_sessions} sessions each, TTL {options.session_ttl:g} s)")
     for aid, e in entries.items():
