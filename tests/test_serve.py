@@ -291,3 +291,25 @@ def test_protocol_error_bodies_are_json(svc):
         body, headers = protocol.encode_request({"x": np.zeros(3, np.float32)})
         r = h.post("/v2/models/nope/infer", content=body, headers=headers)
         assert r.status_code == 404 and "unknown model" in r.json()["error"]
+
+
+def test_tritons_own_http_client_can_infer(svc):
+    try:
+        import tritonclient.http as http
+    except (ImportError, RuntimeError) as e:
+        pytest.skip(f"tritonclient[http] not installed: {e}")
+    client, local, _ = pair(svc, "cnn")
+    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
+    feeds = client.encode({client.input_names[0]: x})
+    (name, value), = feeds.items()
+    tc = http.InferenceServerClient(svc["url"].removeprefix("http://"))
+    try:
+        assert tc.is_server_ready() and tc.is_model_ready(client.artifact_id)
+        inp = http.InferInput(name, list(value.shape), "FP32")
+        inp.set_data_from_numpy(value, binary_data=True)
+        res = tc.infer(client.artifact_id, [inp])
+        want = local.run(feeds)
+        for n, v in want.items():
+            np.testing.assert_allclose(res.as_numpy(n), v, rtol=1e-5, atol=1e-6)
+    finally:
+        tc.close()
