@@ -43,7 +43,7 @@ from eeonnx.errors import EEError
 #: on the client, not a split: compile --max-leak refuses it.
 CLIENT_SHARE_LIMIT = 0.99
 N_IMAGES = 8
-CONTEXTS, SEQ = 8, 32
+CONTEXTS, SEQ = 48, 16  # as `eeonnx audit` draws its token contexts
 
 
 class PlanError(EEError):
