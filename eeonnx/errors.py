@@ -86,3 +86,7 @@ class RemoteError(EEError):
 
 class SessionLostError(RemoteError):
     """The server no longer holds a generation session (ended, expired, evicted, replica died)."""
+
+
+class KeyReuseWarning(EEWarning):
+    """A --key that compiled other models before is used on a new one (a warning, not an error)."""

@@ -297,6 +297,39 @@ def normalized_proto(model: onnx.ModelProto, dims=None) -> onnx.ModelProto:
     return ir.serde.serialize_model(m)
 
 
+_CLASS_SIZE = re.compile(r"\b(c\d+)\[(\d+)\]")
+LUCKY_SPACE = 40320  # 8!: a permutation space this small draws the identity with a real chance
+
+
+def _space(layouts) -> int:
+    """Number of permutations of the distinct classes named in layout strings."""
+    from math import factorial, prod
+
+    sizes = {name: int(n) for text in layouts for name, n in _CLASS_SIZE.findall(text or "")}
+    return prod(factorial(n) for n in sizes.values())
+
+
+def drawn_identity(c) -> bool:
+    """A crossing that uniform draws made the identity: no secret axis got a non-identity
+    permutation and the value map (token ids) is the identity too. Permutations are uniform
+    over all n!, so small classes do that by chance (a 2-class half of the time); allowed only
+    when the crossing's whole permutation space is at most LUCKY_SPACE."""
+    if any(p is not None for p in c.index):
+        return False
+    if c.value_index is not None and not np.array_equal(c.value_index, np.arange(c.value_index.size)):
+        return False
+    return _space(list(c.layout) + [c.value_layout]) <= LUCKY_SPACE
+
+
+def all_drawn_identity(comp) -> bool:
+    """Every class of the compile drew the identity, and they could (small space)."""
+    from math import factorial, prod
+
+    if any(not np.array_equal(p, np.arange(p.size)) for p in comp.perms.values()):
+        return False
+    return prod(factorial(c.size) for c in comp.classes.values()) <= LUCKY_SPACE
+
+
 def _types(vis) -> list[int]:
     return [v.type.tensor_type.elem_type for v in vis]
 
@@ -406,13 +439,16 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     # -- honesty: nothing crosses the wire in the clear ----------------------------
     crossing_in = {c["name"]: c for c in manifest["inputs"]}
     crossing_out = {c["name"]: c for c in manifest["outputs"]}
+    lucky_in = {c.name for c in comp.inputs if drawn_identity(c)}
+    lucky_out = {c.name for c in comp.outputs if drawn_identity(c)}
     plain_floats = [np.asarray(feeds[vi.name]) for vi in orig_in
-                    if np.issubdtype(np.asarray(feeds[vi.name]).dtype, np.floating) and vi.name not in allow_clear]
+                    if np.issubdtype(np.asarray(feeds[vi.name]).dtype, np.floating) and vi.name not in allow_clear
+                    and vi.name not in lucky_in]
     for name, e in encoded.items():  # no server input is a plain float input
         for x in plain_floats:
             assert not (e.shape == x.shape and np.array_equal(e, x)), f"server input '{name}' is a plain input"
     for name, d in decoded.items():  # no server output is a plain output
-        if name in allow_clear or crossing_out[name].get("clear"):
+        if name in allow_clear or crossing_out[name].get("clear") or name in lucky_out:
             continue
         for s_name, s in served.items():
             assert not (s.shape == d.shape and np.array_equal(s, d)), \
@@ -423,7 +459,7 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
             x, e = np.asarray(feeds[vi.name]), encoded[c["wire_name"]]
             assert e.shape == x.shape and e.dtype == x.dtype
             if "value_layout" in c:
-                assert not np.array_equal(e, x), f"ids '{vi.name}' reach the server unchanged"
+                assert vi.name in lucky_in or not np.array_equal(e, x), f"ids '{vi.name}' reach the server unchanged"
                 _assert_bijection(x, e, vi.name)
             elif np.issubdtype(x.dtype, np.floating):
                 assert _same_multiset(e, x), f"encode of '{vi.name}' is not a permutation of its values"
@@ -454,7 +490,8 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
             f"initializer '{name}' holds other values than the original"
         if s.tobytes() != o.tobytes():
             changed.append(name)
-    assert changed or (split and not matched), "no server initializer differs from the original"
+    assert changed or (split and not matched) or all_drawn_identity(comp), \
+        "no server initializer differs from the original"
 
     # -- same graph as the normalized model (less the client's layers) --------------
     norm = normalized_proto(model, dims)

@@ -16,7 +16,7 @@ from onnx import helper
 
 import eeonnx
 from eeonnx.errors import ClearBoundaryError, UnsupportedOpError
-from helpers import (CPU, FLOAT, INT64, G, assert_close, compile_plain, is_secret, pinned_nodes,
+from helpers import (CPU, FLOAT, INT64, G, assert_close, compile_plain, drawn_identity, is_secret, pinned_nodes,
                      random_feeds, roundtrip, run_original, sandwich)
 
 C1, C2 = "conv1.w", "conv2.w"
@@ -38,9 +38,10 @@ def exact(model, tmp_path, feeds=None, **kw):
     client = eeonnx.Client(tmp_path / "out")
     server = eeonnx.Server(tmp_path / "out" / "server" / "model.onnx", providers=CPU)
     enc = client.encode(feeds)
+    lucky = {c.name for c in comp.inputs if drawn_identity(c)}  # small classes drawn as the identity
     for name, x in feeds.items():
         wire = [c["wire_name"] for c in client.manifest["inputs"] if c["name"] == name][0]
-        assert not np.array_equal(enc[wire], x), f"input '{name}' reaches the server unchanged"
+        assert name in lucky or not np.array_equal(enc[wire], x), f"input '{name}' reaches the server unchanged"
     served = server.run(enc)
     got = client.decode(served)
     for o, want in zip(model.graph.output, run_original(model, feeds)):

@@ -143,16 +143,30 @@ def test_permutation_properties():
         p = key.permutation(f"label{n}", n)
         assert p.dtype == np.int64
         assert sorted(p.tolist()) == list(range(n))
-        assert not np.array_equal(p, np.arange(n))
         np.testing.assert_array_equal(p, key.permutation(f"label{n}", n))  # deterministic
     np.testing.assert_array_equal(key.permutation("one", 1), [0])
-    # n = 2: half of all first draws are the identity; never returned
-    for i in range(200):
-        np.testing.assert_array_equal(key.permutation(f"pair{i}", 2), [1, 0])
+    assert not np.array_equal(key.permutation("big", 1000), np.arange(1000))
     # different labels and different keys give unrelated permutations
     assert not np.array_equal(key.permutation("a", 64), key.permutation("b", 64))
     other = Key(bytes(range(1, 33)))
     assert not np.array_equal(key.permutation("a", 64), other.permutation("a", 64))
+
+
+@pytest.mark.parametrize("n, draws", [(2, 4000), (3, 6000)])
+def test_identity_has_frequency_one_over_n_factorial(n, draws):
+    """Uniform over all n! permutations: the identity included, each outcome ~draws/n!
+    (binomial bounds at ~5 sigma), over many keys."""
+    from collections import Counter
+    from math import factorial, sqrt
+
+    counts = Counter(tuple(Key.generate().permutation("class", n).tolist()) for _ in range(draws))
+    outcomes = factorial(n)
+    assert len(counts) == outcomes, counts  # the identity is among them
+    mean = draws / outcomes
+    sd = sqrt(draws * (1 / outcomes) * (1 - 1 / outcomes))
+    for perm, c in counts.items():
+        assert abs(c - mean) <= 5 * sd, (perm, c, mean)
+    assert abs(counts[tuple(range(n))] - mean) <= 5 * sd
 
 
 def test_permutations_look_uniform():
@@ -161,7 +175,29 @@ def test_permutations_look_uniform():
     counts = np.zeros(4)
     for i in range(800):
         counts[int(np.argmax(key.permutation(f"l{i}", 4) == 0))] += 1
-    assert counts.min() > 100, counts  # expectation ~174-209 per position (identity excluded)
+    assert counts.min() > 140 and counts.max() < 260, counts  # expectation 200 per position, sd ~12
+
+
+def test_fisher_yates_rejects_biased_words():
+    """A word at or above the largest multiple of m is redrawn, never reduced mod m."""
+    from eeonnx.compiler import keys
+
+    class Fixed:
+        def __init__(self, words):
+            self.words = list(words)
+
+        def next(self):
+            return self.words.pop(0)
+
+    top = (1 << 64) - 1  # >= limit for m = 3 (2**64 mod 3 = 1): must be rejected
+    orig = keys._Words
+    try:
+        keys._Words = lambda seed, hint: Fixed([top, 0, 0])  # i=2: reject top, j=0; i=1: j=0
+        p = keys.uniform_permutation(b"x", 3)
+    finally:
+        keys._Words = orig
+    # i=2 swaps 2<->0 -> [2,1,0]; i=1 swaps 1<->0 -> [1,2,0]
+    assert p.tolist() == [1, 2, 0]
 
 
 def test_key_roundtrips_through_json(tmp_path):

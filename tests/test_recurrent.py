@@ -17,7 +17,7 @@ from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
 
 import eeonnx
-from helpers import G, assert_close, classes_of, compile_plain, is_secret, roundtrip
+from helpers import G, assert_close, classes_of, compile_plain, drawn_identity, is_secret, roundtrip
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 T, B, I, F, HID = 4, 2, 5, 6, 8  # sequence, batch, input, features into the layer, hidden
@@ -244,9 +244,10 @@ def _reference_roundtrip(model, tmp_path, feeds):
     served = server.run(None, {k: enc[k] for k in srv_in if k in enc})
     srv_out = [o.name for o in onnx.load(out / "server" / "model.onnx").graph.output]
     dec = client.decode(dict(zip(srv_out, served)))
+    lucky = {c.name for c in comp.outputs if drawn_identity(c)}  # small classes drawn as the identity
     for o, w in zip(model.graph.output, want):
         assert_close(dec[o.name], w, 1e-4, what=o.name)
-        assert not np.allclose(dict(zip(srv_out, served))[o.name], w)
+        assert o.name in lucky or not np.allclose(dict(zip(srv_out, served))[o.name], w)
     return comp
 
 

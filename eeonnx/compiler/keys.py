@@ -1,10 +1,17 @@
 """Keys: a 256-bit master secret and the permutations derived from it.
 
-A permutation of n elements for a class label is ``argsort`` of n 64-bit
-words of SHAKE-256(secret || label): uniform over all n! permutations up to
-negligible ties, reproducible from the key file, unrelated across labels.
-The identity is never returned for n > 1 (a re-derivation with a counter
-follows), so no secret axis ever travels in the clear by bad luck.
+A permutation of n elements for a class label is a Fisher-Yates shuffle
+driven by the SHAKE-256 stream of (domain || secret || label): each swap
+index is uniform on [0, i] by rejection sampling of 64-bit words, so the
+result is exactly uniform over all n! permutations, the identity included
+(a 2-element class is the identity half of the time: it holds 1 bit of
+permutation entropy, and nothing treats an identity draw as an error).
+Reproducible from the key file, unrelated across labels.
+
+Labels come from keygen and bind the permutation to the model's content
+(see ``eeonnx.compiler.digest``), so one key on two models gives unrelated
+permutations. The key file records the digests of the models it compiled
+(``"models"``); compiling another model with it warns (KeyReuseWarning).
 
 Continuous draws (for classes whose group is larger than the permutations,
 see ``eeonnx.compiler.groups``) read their own XOF stream, domain-separated
@@ -24,13 +31,49 @@ import numpy as np
 from eeonnx.errors import KeyFileError
 
 KEY_FORMAT = "eeonnx-key/1"
+PERM_DOMAIN = b"eeonnx-perm/2\0"
+
+
+class _Words:
+    """64-bit little-endian words of a SHAKE-256 stream, read in order (the digest is
+    re-read longer when used up: an XOF's longer output extends its shorter one)."""
+
+    def __init__(self, seed: bytes, hint: int):
+        self._h = hashlib.shake_256(seed)
+        self._count = max(16, hint)
+        self._words = np.frombuffer(self._h.digest(8 * self._count), dtype="<u8").tolist()
+        self._pos = 0
+
+    def next(self) -> int:
+        if self._pos == len(self._words):
+            self._count *= 2
+            self._words = np.frombuffer(self._h.digest(8 * self._count), dtype="<u8").tolist()
+        w = self._words[self._pos]
+        self._pos += 1
+        return w
+
+
+def uniform_permutation(seed: bytes, n: int) -> np.ndarray:
+    """Fisher-Yates over range(n); swap index j uniform on [0, i] by rejection sampling."""
+    words = _Words(seed, n + 8)
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        m = i + 1
+        limit = (1 << 64) - ((1 << 64) % m)  # largest multiple of m: no modulo bias
+        w = words.next()
+        while w >= limit:
+            w = words.next()
+        j = w % m
+        perm[i], perm[j] = perm[j], perm[i]
+    return np.asarray(perm, dtype=np.int64)
 
 
 class Key:
-    def __init__(self, secret: bytes):
+    def __init__(self, secret: bytes, models=()):
         if len(secret) != 32:
             raise KeyFileError("a key holds exactly 32 bytes (256 bits) of secret")
         self.secret = secret
+        self.models: list[str] = list(models)  # digests of the models compiled with this key
 
     @classmethod
     def generate(cls) -> "Key":
@@ -51,23 +94,33 @@ class Key:
             secret = bytes.fromhex(data["secret"])
         except (KeyError, TypeError, ValueError):
             raise KeyFileError(f"{path}: \"secret\" must be 64 hex digits") from None
-        return cls(secret)
+        models = data.get("models", [])
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise KeyFileError(f"{path}: \"models\" must be a list of model digests")
+        return cls(secret, models)
 
     def to_json(self) -> str:
-        return json.dumps({"format": KEY_FORMAT, "secret": self.secret.hex()}, indent=2) + "\n"
+        data = {"format": KEY_FORMAT, "secret": self.secret.hex()}
+        if self.models:
+            data["models"] = self.models
+        return json.dumps(data, indent=2) + "\n"
+
+    def record_model(self, digest: str) -> bool:
+        """Note that this key compiled the model ``digest``; True when the key had
+        already compiled other models (and not this one): a reuse worth a warning."""
+        if digest in self.models:
+            return False
+        other = bool(self.models)
+        self.models.append(digest)
+        return other
 
     def fingerprint(self) -> str:
         """A public name for the key (does not reveal it)."""
         return hashlib.sha256(b"eeonnx-fingerprint" + self.secret).hexdigest()[:16]
 
     def permutation(self, label: str, n: int) -> np.ndarray:
-        for attempt in range(64):
-            h = hashlib.shake_256(self.secret + b"\0" + label.encode() + b"\0" + str(attempt).encode())
-            words = np.frombuffer(h.digest(8 * n), dtype="<u8")
-            perm = np.argsort(words, kind="stable").astype(np.int64)
-            if n <= 1 or not np.array_equal(perm, np.arange(n)):
-                return perm
-        raise AssertionError("unreachable: 64 identity permutations in a row")
+        """Uniform over all n! permutations (identity included), fixed by secret and label."""
+        return uniform_permutation(PERM_DOMAIN + self.secret + b"\0" + label.encode(), n)
 
     def _uniform(self, label: str, purpose: str, count: int) -> np.ndarray:
         """``count`` floats uniform in (0, 1), 53 bits each, from SHAKE-256(secret, label, purpose)."""

@@ -1,6 +1,6 @@
 """The compile pipeline: one Compilation carries the model and every analysis result.
 
-    load -> normalize -> check -> propagate -> keygen -> state -> transforms -> split -> fold -> boundary -> emit
+    load -> normalize -> check -> propagate -> tie -> keygen -> state -> transforms -> split -> fold -> boundary -> emit
 
 ``analyze()`` runs up to transforms (what ``eeonnx check`` shows, nothing written);
 ``compile()`` runs everything and writes the artifact directory atomically.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,10 +19,11 @@ import onnx_ir as ir
 
 from eeonnx import __version__
 from eeonnx.compiler import layout as L
-from eeonnx.errors import StrictPinError, UnsupportedOpError
+from eeonnx.errors import KeyReuseWarning, StrictPinError, UnsupportedOpError
 from eeonnx.compiler.keys import Key
+from eeonnx.compiler import digest
 from eeonnx.compiler.passes import (boundary, check, emit, fold, keygen, load, normalize, propagate, split, state,
-                                    restructure, transforms)
+                                    restructure, tie, transforms)
 
 
 @dataclass
@@ -57,6 +59,9 @@ class Compilation:
     encode_model: onnx.ModelProto | None = None
     decode_model: onnx.ModelProto | None = None
     placement: dict | None = None  # compile --max-leak: the measured cut (eeonnx.compiler.plan)
+    model_digest: str = ""  # content digest of the source model (compiler.digest), binds the permutations
+    ties: list = field(default_factory=list)  # identical initializers whose classes were unified
+    exposed: list = field(default_factory=list)  # classes a public-looking constant gives away: kept identity
     artifact_id: str = field(default_factory=lambda: secrets.token_hex(16))  # random, new per compile
     server_names: dict = field(default_factory=dict)  # original graph I/O name -> server name (if renamed)
 
@@ -171,6 +176,8 @@ class Compilation:
                          "share": round(self.permuted_bytes / self.weight_bytes, 4) if self.weight_bytes else 0.0,
                          "groups": self.group_shares()},
             "pins": self.pins(),
+            "exposed": self.exposed,
+            "tied": self.ties,
             "nodes": {"original": self.original_nodes,
                       "server": len(self.server_proto.graph.node) if self.server_proto is not None
                       else len(self.server_model.graph) if self.server_model is not None
@@ -255,11 +262,13 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_
     comp = Compilation(model=m, key=key or Key.generate(), source=source, allow_clear=tuple(allow_clear))
     comp.had_external_data = _uses_external_data(m)
     load.inline_small_external(m)  # shape inference sees it exactly as the inline model
+    comp.model_digest = digest.model_digest(m)  # before normalize: --dim does not change it
     comp.original_nodes = len(m.graph)
     comp.original_infos = boundary.value_infos(m)
     normalize.NormalizePass(dims)(m)
     check.CheckPass(comp)(m)
     propagate.PropagatePass(comp)(m)
+    tie.TiePass(comp)(m)
     keygen.KeygenPass(comp)(m)
     if server_state:
         state.StatePass(comp)(m)
@@ -282,6 +291,11 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     original = _pristine(model)
     comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear, server_state=server_state,
                    transforms_mode=transforms_mode, allow_rounding=allow_rounding)
+    if comp.key.record_model(comp.model_digest) and k is not None:
+        warnings.warn(f"--key {key if isinstance(key, (str, os.PathLike)) else '(given)'} was used on other "
+                      f"model(s) before: permutations are bound to each model, so they are unrelated, but "
+                      f"one key for many models is one secret to lose; prefer a fresh key per model",
+                      KeyReuseWarning, stacklevel=3)
     if comp.unsupported:
         node, why = comp.unsupported[0]
         more = f" (and {len(comp.unsupported) - 1} more; see `eeonnx check`)" if len(comp.unsupported) > 1 else ""

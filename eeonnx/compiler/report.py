@@ -88,9 +88,19 @@ def compile_summary(comp, out: str, seconds: float) -> str:
     pins = pins_lines(comp)
     lines.append(f"  pinned axes: {len(pins) or 'none'}")
     lines += [f"    {p}" for p in pins]
+    lines += exposed_lines(comp.exposed, "  ")
+    for t in getattr(comp, "ties", []):
+        lines.append(f"  tied: '{t['tensors'][0]}' = '{t['tensors'][1]}'{' (transposed)' if t['transposed'] else ''}: "
+                     f"one set of classes")
     server_nodes = len(comp.server_proto.graph.node) if comp.server_proto is not None else len(comp.model.graph)
     lines.append(f"  nodes: {server_nodes} on the server ({comp.original_nodes} in the original)")
     return "\n".join(lines)
+
+
+def exposed_lines(exposed: list, indent: str) -> list[str]:
+    """Classes a public-looking constant gives away (kept the identity)."""
+    return [f"{indent}exposed class of size {e['size']} by '{e['tensor']}' axis {e['axis']}: {e['reason']}; "
+            f"kept the identity" for e in exposed]
 
 
 def check_report(comp) -> dict:
@@ -135,6 +145,8 @@ def check_report(comp) -> dict:
         "key_bits": round(comp.key_bits, 1),  # kept for compatibility: the same number as below
         "permutation_entropy_bits": round(comp.key_bits, 1),
         "exposures": exposure_lines(comp.classes.values()),
+        "exposed": comp.exposed,
+        "tied": getattr(comp, "ties", []),
         "compilable": not comp.unsupported and "error" not in split_info,
     }
 
@@ -177,6 +189,7 @@ def check_text(report: dict) -> str:
             lines.append(f"  {kind[:-1]} {c['name']} {c['shape']}: {state}")
     for e in report.get("exposures", []):
         lines.append(f"  structural exposure: {e}")
+    lines += exposed_lines(report.get("exposed", []), "  ")
     lines.append(f"  {ENTROPY_NOTE.replace('OUT', 'OUT (after compile)')}")
     width = max((len(k) for k in report["ops"]), default=8)
     for op, e in report["ops"].items():

@@ -26,6 +26,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
+from eeonnx.compiler import layout as L
 from eeonnx.errors import ClearBoundaryError
 from eeonnx.compiler import groups
 from eeonnx.compiler.passes import fold
@@ -53,9 +54,14 @@ class Crossing:
     value_layout: str = ""
     maps: list = field(default_factory=list)  # per axis: None, scale vector or matrix (plain order)
     inverse_maps: list = field(default_factory=list)
+    secret: list[bool] | None = None  # per axis: under a secret class (whatever its draw)
 
     @property
     def secret_axes(self) -> list[int]:
+        """Axes under a secret class. Decided by the layout, not by the draw: a small class
+        drawn as the identity (uniform draws allow it) is still secret, its Gather omitted."""
+        if self.secret is not None:
+            return [a for a, s in enumerate(self.secret) if s]
         return [a for a, p in enumerate(self.index) if p is not None]
 
     @property
@@ -78,6 +84,10 @@ def shape_list(v: ir.Value) -> list:
     return [d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in v.shape]
 
 
+def _has_class(comp, t) -> bool:
+    return any(v.uid in comp.classes for v in L.free_vars(t))
+
+
 def crossings(comp, values: list[ir.Value], is_input: bool, refuse: bool = True) -> list[Crossing]:
     an, perms = comp.analysis, comp.perms
     out = []
@@ -88,16 +98,15 @@ def crossings(comp, values: list[ir.Value], is_input: bool, refuse: bool = True)
         if terms is not None and comp.transforms:
             c.maps = groups.axis_map(comp, v, terms)
             c.inverse_maps = groups.axis_map(comp, v, terms, inverse=True)
+        c.secret = [_has_class(comp, t) for t in terms] if terms is not None else []
         c.layout = [comp.show(t) for t in terms] if terms is not None else []
         indexes_table = False
         if an.has_slot(v):
             slot = an.slot(v)
             indexes_table = slot.root().term is not None
             vt = an.values.secret_term(slot)
-            if vt is not None:
-                p = fold.axis_perms([vt], perms)[0]
-                if p is not None:
-                    c.value_index, c.value_layout = p, comp.show(vt)
+            if vt is not None and _has_class(comp, vt):
+                c.value_index, c.value_layout = L.materialize(vt, perms), comp.show(vt)
         if not c.encrypted:
             c.clear = True
             is_float = v.dtype is not None and v.dtype.is_floating_point()
