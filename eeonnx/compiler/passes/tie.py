@@ -12,7 +12,10 @@ Unification only restricts, so the model stays exact; if one copy's axis is
 pinned, the other's is pinned with it (a clear copy would give it away), and
 the loss is reported with the reason. Tensors whose elements are all equal
 are skipped (any permutation leaves them unchanged), as are tensors with no
-secret axis on either side. Candidates are found by dtype, shape and an
+secret axis on either side, and 1-D tensors: exporters alias equal vectors
+(zero biases, unit gains) across roles, and unifying every role that a
+vector happens to share would merge unrelated classes (a limit: two equal
+learned vectors under independent classes stay independent). Candidates are found by dtype, shape and an
 order-independent fingerprint (sum and sum of squares); equality is then
 checked exactly, so large weights are read once.
 
@@ -47,7 +50,7 @@ class TiePass:
         groups: dict[tuple, list] = {}
         for name, value in model.graph.initializers.items():
             t = value.const_value
-            if t is None or value in an.uniform_shared or t.size < 2:
+            if t is None or value in an.uniform_shared or t.size < 2 or len(t.shape) < 2:
                 continue
             terms = an.known(value)
             if terms is None or len(terms) != len(t.shape):
