@@ -158,6 +158,8 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
       out/cnn/client/decode.onnx     server outputs -> outputs
       out/cnn/client/key.json        the secret (mode 0600)
       out/cnn/client/manifest.json   I/O mapping, layouts, coverage
+    The whole client/ directory is the secret (its files are written 0600, the
+    directory 0700): encode/decode hold the permutations, not only key.json.
     """
     from eeonnx.compiler import report
     from eeonnx.compiler.api import compile as compile_model

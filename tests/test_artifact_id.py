@@ -116,3 +116,24 @@ def test_cli_generate_mismatch_exits_2(tmp_path):
     r = CliRunner().invoke(main, ["generate", str(a), "--prompt-ids", "1,2,3", "--max-new-tokens", "2",
                                   "--provider", "cpu"])
     assert r.exit_code == 2 and "artifact id" in r.output, r.output
+
+
+def test_every_client_file_is_private(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "o"
+    compile_plain(FIXTURES / "gpt2.dynamo.onnx", out, tokenizer=FIXTURES / "gpt2.tokenizer.json")
+    client = out / "client"
+    assert stat.S_IMODE(os.stat(client).st_mode) == 0o700
+    names = sorted(p.name for p in client.iterdir())
+    for required in ("encode.onnx", "decode.onnx", "tokenizer.json", "manifest.json", "key.json"):
+        assert required in names, names
+    for p in client.rglob("*"):
+        want = 0o700 if p.is_dir() else 0o600
+        assert stat.S_IMODE(os.stat(p).st_mode) == want, (p.name, oct(stat.S_IMODE(os.stat(p).st_mode)))
+
+
+def test_compile_help_says_the_client_directory_is_the_secret():
+    r = CliRunner().invoke(main, ["compile", "--help"])
+    assert "whole client/ directory is the secret" in " ".join(r.output.split())

@@ -150,3 +150,16 @@ def _write(comp, root: str, progress: bool = False) -> None:
     with open(os.path.join(client_dir, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
+    make_private(client_dir)
+
+
+def make_private(client_dir: str) -> None:
+    """Every file under client/ 0600, every directory 0700: all of it is key material
+    (index arrays in encode/decode, the encrypted vocabulary, layouts, the key). Runs
+    before OUT appears (the temporary directory is renamed last), inside a 0700 dir."""
+    os.chmod(client_dir, 0o700)
+    for base, dirs, files in os.walk(client_dir):
+        for d in dirs:
+            os.chmod(os.path.join(base, d), 0o700)
+        for f in files:
+            os.chmod(os.path.join(base, f), 0o600)
