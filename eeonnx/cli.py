@@ -95,6 +95,9 @@ def main(debug: bool) -> None:
       eeonnx run     out/ --input x=x.npy       # encrypted inference
       eeonnx generate out/ --prompt-ids 1,2,3   # language models, KV cache on the server
       eeonnx bench   model.onnx out/            # plain vs server latency
+      eeonnx audit   out/ --original model.onnx # what a server with public weights recovers
+      eeonnx plan    model.onnx                 # client cost vs measured leakage per cut
+      eeonnx serve   out/server                 # the server half over HTTP (on the server machine)
     Ship out/server/model.onnx; keep out/client/ (it holds the key).
     """
     del debug
