@@ -137,3 +137,21 @@ def test_every_client_file_is_private(tmp_path):
 def test_compile_help_says_the_client_directory_is_the_secret():
     r = CliRunner().invoke(main, ["compile", "--help"])
     assert "whole client/ directory is the secret" in " ".join(r.output.split())
+
+
+@pytest.mark.parametrize("split", ["none", "auto"])
+def test_server_model_drops_graph_name_and_node_doc_strings(tmp_path, split):
+    """Exporters write the model's name into the graph name and source paths or stack
+    traces into node doc strings; none of it reaches the server (split or not)."""
+    m = onnx.load(FIXTURES / "llama.dynamo.onnx")
+    m.graph.name = "my-private-llama"
+    for node in m.graph.node:
+        node.doc_string = "File /home/alice/private_model.py, line 42"
+    src = tmp_path / "model.onnx"
+    onnx.save(m, src)
+    out = tmp_path / "out"
+    eeonnx.compile(src, out, split=split)
+    served = onnx.load(out / "server" / "model.onnx")
+    assert served.graph.name != "my-private-llama"
+    assert not any(n.doc_string for n in served.graph.node)
+    assert b"alice" not in (out / "server" / "model.onnx").read_bytes()

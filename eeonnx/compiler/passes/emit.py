@@ -63,15 +63,35 @@ ARTIFACT_ID_PROP = "eeonnx.artifact_id"
 STATE_PROP = "eeonnx.state"
 
 
+SERVER_GRAPH_NAME = "server"  # the original graph's name often names the model
+
+
+def _proto_graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph under it (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _proto_graphs(g)
+
+
 def server_metadata(comp) -> dict[str, str]:
     return {ARTIFACT_ID_PROP: comp.artifact_id, STATE_PROP: json.dumps(comp.server_state())}
 
 
 def stamp_proto(model: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Replace the model-level metadata of a ModelProto by ``props`` (producer, docs dropped)."""
+    """Replace the model-level metadata of a ModelProto by ``props`` (producer, graph name and
+    every doc string, nodes' included, dropped: exporters put source paths and stack traces there)."""
     for f in ("producer_name", "producer_version", "domain", "doc_string", "model_version"):
         model.ClearField(f)
-    model.graph.ClearField("doc_string")
+    model.graph.name = SERVER_GRAPH_NAME
+    for graph in _proto_graphs(model.graph):
+        graph.ClearField("doc_string")
+        for node in graph.node:
+            node.ClearField("doc_string")
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
@@ -81,7 +101,11 @@ def stamp_ir(model: ir.Model, props: dict[str, str]) -> None:
     """The same for an onnx_ir Model."""
     model.producer_name = model.producer_version = model.domain = model.doc_string = None
     model.model_version = None
-    model.graph.doc_string = None
+    model.graph.name = SERVER_GRAPH_NAME
+    for graph in (model.graph, *model.graph.subgraphs()):
+        graph.doc_string = None
+        for node in graph:
+            node.doc_string = None
     model.metadata_props.clear()
     model.metadata_props.update(props)
 
