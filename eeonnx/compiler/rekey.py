@@ -43,6 +43,7 @@ from onnx import numpy_helper
 
 from eeonnx.compiler import layout as L
 from eeonnx.compiler.keys import Key, write_key
+from eeonnx.compiler.passes.emit import move_into_place
 from eeonnx.errors import EEError
 
 FORMAT = "eeonnx-rekey/1"
@@ -280,13 +281,7 @@ def rekey(out: str, out2: str, *, key: Key | None = None, force: bool = False) -
             manifest["artifact_id"] = artifact_id
         manifest["rekeyed_from"] = rec_fingerprint = _old_fingerprint(out)
         _write_json(os.path.join(root, "client", "manifest.json"), manifest)
-        if os.path.exists(out2):
-            old_dir = tempfile.mkdtemp(prefix=".eeonnx-old-", dir=parent)
-            os.rename(out2, os.path.join(old_dir, "out"))
-            os.rename(root, out2)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.rename(root, out2)
+        move_into_place(root, out2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"classes": len(classes), "tensors": tensors, "old_key": rec_fingerprint,

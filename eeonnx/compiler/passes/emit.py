@@ -110,6 +110,20 @@ def stamp_ir(model: ir.Model, props: dict[str, str]) -> None:
     model.metadata_props.update(props)
 
 
+def move_into_place(done: str, out: str) -> None:
+    """Rename the finished directory ``done`` to ``out`` (a sibling). An existing ``out`` is
+    swapped out first and deleted afterwards, so ``out`` is always either the old or the
+    new artifact, never a mix."""
+    if os.path.exists(out):
+        parent = os.path.dirname(os.path.abspath(out)) or "."
+        old = tempfile.mkdtemp(prefix=".eeonnx-old-", dir=parent)
+        os.rename(out, os.path.join(old, "out"))
+        os.rename(done, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(done, out)
+
+
 def emit(comp, out: str, force: bool, progress: bool = False) -> None:
     check_target(out, force)
     parent = os.path.dirname(os.path.abspath(out)) or "."
@@ -118,13 +132,7 @@ def emit(comp, out: str, force: bool, progress: bool = False) -> None:
     try:
         with _signals_as_exceptions():
             _write(comp, tmp, progress)
-            if os.path.exists(out):
-                old = tempfile.mkdtemp(prefix=".eeonnx-old-", dir=parent)
-                os.rename(out, os.path.join(old, "out"))
-                os.rename(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, out)
+            move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
