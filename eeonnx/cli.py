@@ -39,6 +39,17 @@ def _providers(provider: str) -> list[str]:
     return runtime.providers_for(None, None if provider == "auto" else provider)
 
 
+def _transform_options(f):
+    """--transforms and --allow-rounding, shared by compile and check."""
+    f = click.option("--allow-rounding", is_flag=True,
+                     help="With --transforms max: also transform fp16/bf16 tensors (re-rounds their values).")(f)
+    return click.option("--transforms", "transforms_mode", type=click.Choice(["permutation", "max"]),
+                        default="permutation", show_default=True,
+                        help="max: give each secret class the largest exact group the graph allows (positive "
+                             "diagonal through ReLU-like ops, any invertible map through linear ones), not "
+                             "only a permutation.")(f)
+
+
 class _Group(click.Group):
     """Turns EEErrors into one-line messages with their exit code, and EEWarnings
     into ``warning: ...`` lines on stderr; ``--debug`` works before or after the
@@ -127,13 +138,7 @@ def main(debug: bool) -> None:
 @click.option("--server-state/--client-state", default=True, show_default=True,
               help="Keep a KV cache (past -> present pairs found in the graph) on the server, "
                    "or pass it through encode/decode like any other tensor.")
-@click.option("--transforms", "transforms_mode", type=click.Choice(["permutation", "max"]), default="permutation",
-              show_default=True,
-              help="max: give each secret class the largest exact group the graph allows (positive "
-                   "diagonal through ReLU-like ops, any invertible map through linear ones), not only "
-                   "a permutation.")
-@click.option("--allow-rounding", is_flag=True,
-              help="With --transforms max: also transform fp16/bf16 tensors (re-rounds their values).")
+@_transform_options
 @click.option("--max-leak", type=float, metavar="X",
               help="Place the client split at the cheapest cut whose measured leakage (see `eeonnx plan`) "
                    "is at most X; --min-key-bits stays a floor.")
@@ -202,13 +207,7 @@ def _print_errors(checks: dict, tol: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--spec", is_flag=True, help="Print the layout of every initializer axis.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Fix a symbolic input dim.")
-@click.option("--transforms", "transforms_mode", type=click.Choice(["permutation", "max"]), default="permutation",
-              show_default=True,
-              help="max: give each secret class the largest exact group the graph allows (positive "
-                   "diagonal through ReLU-like ops, any invertible map through linear ones), not only "
-                   "a permutation.")
-@click.option("--allow-rounding", is_flag=True,
-              help="With --transforms max: also transform fp16/bf16 tensors (re-rounds their values).")
+@_transform_options
 def check(model, as_json, spec, dims, transforms_mode, allow_rounding):
     """Report, without writing anything, what compile would do with MODEL.
 
