@@ -29,17 +29,17 @@ def fp16(name: str, path) -> str:
     return str(path)
 
 
-def _swap_two_channels(decode_path) -> None:
-    """Break decode.onnx a little: exchange two slices of its largest weight along its
-    longest axis (two channels matched to the wrong secret positions)."""
+def _misplace_channels(decode_path) -> None:
+    """Break decode.onnx: shift its largest weight by one along its longest axis, so every
+    channel is matched to the wrong secret position. (Exchanging only two channels was
+    flaky: when the two carried similar values for the drawn input, the error stayed
+    under the fp16 noise allowance.)"""
     m = onnx.load(decode_path)
     t = max((t for t in m.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)),
             key=lambda t: int(np.prod(t.dims)))
     a = numpy_helper.to_array(t).copy()
     axis = int(np.argmax(a.shape))
-    idx = np.arange(a.shape[axis])
-    idx[[0, 1]] = idx[[1, 0]]
-    t.CopyFrom(numpy_helper.from_array(np.take(a, idx, axis=axis), t.name))
+    t.CopyFrom(numpy_helper.from_array(np.roll(a, 1, axis=axis), t.name))
     onnx.save(m, decode_path)
 
 
@@ -55,7 +55,7 @@ def test_fp16_model_passes_at_default_tol_and_wrong_decode_fails(tmp_path, name)
     floors = [float(line.split("noise floor ")[1].split(",")[0]) for line in r.output.splitlines()
               if "(noise floor " in line]
     assert floors and min(floors) >= float(np.finfo(np.float16).eps)  # at least the dtype's epsilon
-    _swap_two_channels(str(out / "client" / "decode.onnx"))
+    _misplace_channels(str(out / "client" / "decode.onnx"))
     r = cli("verify", model, out)
     assert r.exit_code == 1, r.output
     assert "MISMATCH" in r.output and "noise" in r.output
@@ -69,7 +69,7 @@ def test_fp32_wrong_decode_fails_and_floor_is_small(tmp_path):
     assert r.exit_code == 0, r.output
     floor = float(r.output.split("noise floor ")[1].split(",")[0])
     assert floor < 1e-5  # float32: the default tol (1e-4) decides, not the noise
-    _swap_two_channels(str(out / "client" / "decode.onnx"))
+    _misplace_channels(str(out / "client" / "decode.onnx"))
     assert cli("verify", model, out).exit_code == 1
 
 
