@@ -194,7 +194,7 @@ def test_kv_cache_model_generates_the_same_tokens(tmp_path):
     path = ROOT / "models" / "fixtures" / "gpt2_kv.dynamo.onnx"
     out = tmp_path / "out"
     comp = eeonnx.compile(path, out, transforms="max")
-    assert "linear" in {c.group for c in comp.classes.values()}  # attention V/O per head
+    assert "per-head linear" in {c.group for c in comp.classes.values()}  # attention V/O: a map per head
     _same_ops(path, out)
     client, server = eeonnx.Client(out), eeonnx.Server(out / "server" / "model.onnx", providers=CPU)
     so = ort.SessionOptions()

@@ -193,7 +193,7 @@ def apply_axis(a: np.ndarray, axis: int, term: L.Term, factor) -> np.ndarray:
         return a
     if isinstance(t, L.Var):
         f = factor(t)
-        if f is None:
+        if f is None or f.ndim > 2:  # ndim 3: per-head blocks, applied by structured.apply
             return a
         if f.ndim == 1:
             shape = [1] * a.ndim
@@ -212,7 +212,7 @@ def apply_axis(a: np.ndarray, axis: int, term: L.Term, factor) -> np.ndarray:
 
 
 def has_dense(term: L.Term, factor) -> bool:
-    return any(f is not None and f.ndim == 2 for f in (factor(v) for v in L.free_vars(term)))
+    return any(f is not None and f.ndim >= 2 for f in (factor(v) for v in L.free_vars(term)))
 
 
 def value_factor(comp, key, inverse: bool = False):
@@ -239,7 +239,9 @@ def axis_map(comp, value, terms: list[L.Term], inverse: bool = False) -> list[np
         if t.size is None or not any(factor(v) is not None for v in L.free_vars(t)):
             out.append(None)
         elif has_dense(t, factor):
-            out.append(apply_axis(np.eye(t.size), 1, t, factor))
+            from eeonnx.compiler import structured  # per-head blocks on this axis
+
+            out.append(structured.dense(t, factor))
         else:
             out.append(apply_axis(np.ones(t.size), 0, t, factor))
     return out

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 from eeonnx.compiler import storage as S
+from eeonnx.compiler import structured
 from eeonnx.compiler.passes.propagate import all_initializers
 
 
@@ -52,6 +53,7 @@ def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=No
             array = array.astype(np.float64)
             for axis, t in enumerate(terms):
                 array = G.apply_axis(array, axis, t, factor)
+            array = structured.apply(array, terms, factor)  # per-head blocks across axes
             array = array.astype(dtype)
         for axis, p in enumerate(index):
             if p is not None:

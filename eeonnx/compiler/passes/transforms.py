@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
+from eeonnx.compiler import structured
 from eeonnx.compiler.rules import group_rules
 
 MODES = ("permutation", "max")
@@ -204,6 +205,7 @@ class TransformsPass:
         self._state(model, s)
         self._io_limits(model, s)
         self._assign(s, self._indexed_classes())
+        structured.assign(comp, model)  # LINEAR classes whose maps may differ per head
 
     def _state(self, model: ir.Model, s: Solver) -> None:
         by_name = {v.name: v for v in list(model.graph.inputs) + list(model.graph.outputs)}
