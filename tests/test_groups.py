@@ -28,10 +28,16 @@ KEY = Key(bytes(range(32)))
 
 
 # --------------------------------------------------------------------------- algebra
-def test_meet_is_the_smaller_group():
+def test_meet_is_the_largest_common_subgroup():
     assert G.meet(G.LINEAR, G.DIAGONAL) == G.DIAGONAL
     assert G.meet(G.DIAGONAL, G.PERMUTATION, G.LINEAR) == G.PERMUTATION
     assert G.meet(G.LINEAR) == G.LINEAR
+    # not a chain: a positive diagonal that is orthogonal is the identity
+    assert G.meet(G.DIAGONAL, G.ORTHOGONAL) == G.PERMUTATION
+    assert G.meet(G.DIAGONAL, G.ORTHO_ONES) == G.PERMUTATION
+    assert G.meet(G.LINEAR, G.ORTHOGONAL) == G.ORTHOGONAL
+    assert G.meet(G.ORTHOGONAL, G.ORTHO_ONES, G.LINEAR) == G.ORTHO_ONES
+    assert G.leq(G.PERMUTATION, G.ORTHO_ONES) and not G.leq(G.DIAGONAL, G.ORTHOGONAL)
 
 
 def test_relations_parity_and_contradiction():
@@ -43,8 +49,10 @@ def test_relations_parity_and_contradiction():
     assert r.exponent("a") == -r.exponent("c") != 0
     assert r.group_of("a") == G.DIAGONAL
     r.relate("d", "e", 1, G.LINEAR)
-    r.relate("e", "d", -1, G.LINEAR)  # e(d) = e(e) = -e(d): only 0
-    assert r.exponent("d") == r.exponent("e") == 0
+    r.relate("e", "d", -1, G.LINEAR)  # e(d) = e(e) = -e(d): only maps with T^-T = T
+    assert r.group_of("d") == G.ORTHOGONAL and r.exponent("d") != 0
+    r.limit("e", G.DIAGONAL)  # ... and no diagonal but the identity
+    assert r.group_of("d") == G.PERMUTATION
     r.force_zero("c")
     assert r.exponent("a") == r.exponent("b") == 0
 
@@ -325,15 +333,21 @@ def _norm_model(post_norm: bool) -> onnx.ModelProto:
     return g.build()
 
 
-def test_prenorm_output_takes_a_diagonal_on_gain_and_bias(tmp_path):
+def test_prenorm_gain_moves_into_the_consumer(tmp_path):
+    """x -> LayerNorm(gamma, beta) -> MatMul W: x's class takes an orthogonal map fixing
+    ones; the server's norm has gamma = 1, beta/gamma transformed, W's rows diag(gamma)-scaled."""
     m = _norm_model(post_norm=False)
     path = tmp_path / "m.onnx"
     onnx.save(m, path)
     comp = eeonnx.compile(path, tmp_path / "out", split="none", min_key_bits=0, transforms="max",
                           allow_weak=("y", "x"))
+    assert next(c.group for c in comp.classes.values() if c.size == 16) == "orthogonal-ones"
     _check_artifact(path, tmp_path / "out", comp, random_feeds(m))
     axes = _transformed_axes(comp)
-    assert axes.get("gamma") == [0] and axes.get("beta") == [0] and 0 in axes["w"]
+    assert "gamma" not in axes and axes.get("beta") == [0] and 0 in axes["w"]
+    srv = {t.name: numpy_helper.to_array(t)
+           for t in onnx.load(tmp_path / "out" / "server" / "model.onnx").graph.initializer}
+    assert np.array_equal(srv["gamma"], np.ones(16, np.float32))
 
 
 def test_norm_output_feeding_a_norm_is_not_scaled(tmp_path):

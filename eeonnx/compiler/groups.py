@@ -1,13 +1,22 @@
-"""Groups: the largest exact transform each secret class admits, beyond permutations.
+r"""Groups: the largest exact transform each secret class admits, beyond permutations.
 
 The layout algebra (layout.py) decides which axes share a secret *class*
 and gives each class a permutation. Many classes admit more: this module
 decides, per class, the largest *group* of exact transforms the graph
 commutes with, and draws an element of it from the key.
 
-Lattice (a chain here; ``meet`` takes the smaller)::
+Lattice (not a chain: ``meet`` is the largest common subgroup)::
 
-    PERMUTATION  <=  DIAGONAL (permutation x positive diagonal)  <=  LINEAR (permutation x invertible map)
+                 DIAGONAL (permutation x positive diagonal)
+               /                                            \
+    PERMUTATION                                               LINEAR (permutation x invertible map)
+               \                                            /
+                 ORTHO_ONES (orthogonal Q, Q 1 = 1) <= ORTHOGONAL
+
+Permutation matrices are orthogonal and fix the all-ones vector, so
+PERMUTATION is below every group; a positive diagonal that is orthogonal is
+the identity, so meet(DIAGONAL, ORTHO_ONES) = meet(DIAGONAL, ORTHOGONAL) =
+PERMUTATION. For an orthogonal T, T^-T = T: exponents +1 and -1 are one map.
 
 A class c with transform T (n x n, on plain indices; then its permutation)
 appears on an axis of a tensor with an *exponent* e:
@@ -21,8 +30,10 @@ Each op states, per class on its operands, relations between exponents
 make the op commute with the transform (``rules/groups.py``). An operand
 the op's statement does not cover gets e = 0 (so an op without a statement
 commutes with permutations only: the default). The solver is a union-find
-with parity over (tensor, class) nodes; a parity contradiction or a zero
-anywhere in a component makes the whole component 0. Every remaining
+with parity over (tensor, class) nodes; a zero
+anywhere in a component makes the whole component 0; a parity contradiction
+limits it to ORTHOGONAL (T^-T = T there, so both exponents are one map).
+Every remaining
 component has exactly one free integer (any assignment satisfies every
 relation), fixed to 1 at its root. A class's group is the meet of the
 groups of its non-zero components; a class with none stays a permutation.
@@ -50,22 +61,43 @@ from eeonnx.compiler import layout as L
 
 @dataclass(frozen=True)
 class Group:
+    """A group of exact transforms; ``below``: the groups it directly contains
+    (the partial order is their transitive closure); ``rank`` orders groups
+    consistently with it (a larger group has a larger rank)."""
+
     name: str
     rank: int
+    below: tuple = ()
 
     def __repr__(self) -> str:
         return self.name
 
+    def subgroups(self) -> frozenset:
+        """Every group contained in this one, itself included."""
+        out = {self}
+        for g in self.below:
+            out |= g.subgroups()
+        return frozenset(out)
+
 
 PERMUTATION = Group("permutation", 0)
-DIAGONAL = Group("diagonal", 1)
-LINEAR = Group("linear", 2)
-GROUPS = (PERMUTATION, DIAGONAL, LINEAR)
+DIAGONAL = Group("diagonal", 1, (PERMUTATION,))
+ORTHO_ONES = Group("orthogonal-ones", 1, (PERMUTATION,))
+ORTHOGONAL = Group("orthogonal", 2, (ORTHO_ONES,))
+LINEAR = Group("linear", 3, (DIAGONAL, ORTHOGONAL))
+GROUPS = (PERMUTATION, DIAGONAL, ORTHO_ONES, ORTHOGONAL, LINEAR)
+
+
+def leq(a: Group, b: Group) -> bool:
+    """a is a subgroup of b."""
+    return a in b.subgroups()
 
 
 def meet(*gs: Group) -> Group:
-    """The largest group contained in all of ``gs`` (the lattice is a chain)."""
-    return min(gs, key=lambda g: g.rank)
+    """The largest group contained in all of ``gs`` (the common subgroups of two
+    groups of this lattice have one largest element: the one of largest rank)."""
+    common = frozenset.intersection(*(g.subgroups() for g in gs)) | {PERMUTATION}  # below everything
+    return max(common, key=lambda g: (g.rank, g.name))
 
 
 #: scale ranges (log-uniform): wide for diagonals, narrower inside a linear map
@@ -105,9 +137,9 @@ class Relations:
         ra, sa = self.find(a)
         rb, sb = self.find(b)
         if ra == rb:
-            if sa != s * sb:
-                self.zero.add(ra)
-            self.group[ra] = meet(self.group[ra], g)
+            # a parity contradiction leaves only maps with T^-T = T (orthogonal ones),
+            # for which both exponents are one map
+            self.group[ra] = meet(self.group[ra], g, *((ORTHOGONAL,) if sa != s * sb else ()))
             return
         self.parent[ra], self.sign[ra] = rb, sa * s * sb
         if ra in self.zero:
@@ -149,7 +181,8 @@ class Transform:
     """The element of a class's group drawn from the key (on top of its permutation).
 
     DIAGONAL: T = diag(scale). LINEAR: T = diag(scale) @ ortho, so T^-T =
-    diag(1/scale) @ ortho and the condition number is max/min of the scale."""
+    diag(1/scale) @ ortho and the condition number is max/min of the scale.
+    ORTHOGONAL / ORTHO_ONES: scale = ones, T = ortho = T^-T."""
 
     group: Group
     scale: np.ndarray
@@ -173,9 +206,28 @@ class Transform:
         return self._cache[k]
 
 
+def fixing_ones(q: np.ndarray) -> np.ndarray:
+    """The (n+1) x (n+1) orthogonal H diag(1, q) H with H the Householder reflection
+    swapping e_0 and 1/sqrt(n+1): it fixes the all-ones vector (and, q Haar on
+    O(n), is Haar on the stabiliser of 1 in O(n+1))."""
+    n = q.shape[0] + 1
+    v = -np.full(n, 1.0 / np.sqrt(n))
+    v[0] += 1.0
+    nv = float(v @ v)
+    h = np.eye(n) - (2.0 / nv) * np.outer(v, v) if nv > 0 else np.eye(n)
+    inner = np.eye(n)
+    inner[1:, 1:] = q
+    return h @ inner @ h
+
+
 def draw(key, label: str, n: int, group: Group) -> Transform | None:
     if group == DIAGONAL:
         return Transform(group, key.scales(label, n, *DIAGONAL_RANGE))
+    if group == ORTHOGONAL:
+        return Transform(group, np.ones(n), key.orthogonal(label, n))
+    if group == ORTHO_ONES:
+        q = key.orthogonal(label, n - 1) if n > 1 else np.zeros((0, 0))
+        return Transform(group, np.ones(n), fixing_ones(q))
     if group == LINEAR:
         return Transform(group, key.scales(label, n, *LINEAR_RANGE), key.orthogonal(label, n))
     return None

@@ -4,7 +4,10 @@ Invariant: afterwards, for every initializer W and axis a with index array
 p_a, ``W_server = W.take(p_0, 0).take(p_1, 1)...``; where classes carry a
 continuous transform (``comp.transforms``, exponents ``comp.exponents``),
 W is first multiplied along each axis by the maps ``groups.apply_axis``
-gives, computed in float64 and cast to W's dtype once. No node is added,
+gives, computed in float64 and cast to W's dtype once; a norm gain moved
+into its consumers (``comp.prefold``, rules/norm_groups.GainFold: gain ->
+ones, bias / gain, consumer weight rows * gain) is applied to the plain
+float64 values before those maps. No node is added,
 removed or changed. Transformed tensors are lazy: the original (possibly
 memory-mapped external data) is read when the model is saved, one tensor
 at a time. Fills ``comp.weight_bytes``, ``comp.permuted_bytes`` and
@@ -27,6 +30,7 @@ from eeonnx.compiler import layout as L
 from eeonnx.compiler import storage as S
 from eeonnx.compiler import structured
 from eeonnx.compiler.passes.propagate import all_initializers
+from eeonnx.compiler.rules.norm_groups import apply_prefold
 
 
 def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.ndarray | None]:
@@ -42,18 +46,23 @@ def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.nda
     return out
 
 
-def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=None, factor=None) -> ir.TensorProtocol:
+def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=None, factor=None,
+             prefold=None) -> ir.TensorProtocol:
     """Lazy ``tensor`` permuted by ``index``; with ``factor``, first transformed
-    along each axis (float64, one cast at the end)."""
+    along each axis, and with ``prefold`` (a moved gain's ops, rules/norm_groups)
+    rewritten before that (float64, one cast at the end)."""
 
     def load() -> ir.TensorProtocol:
         array = tensor.numpy()
-        if factor is not None:
+        if factor is not None or prefold:
             dtype = array.dtype
             array = array.astype(np.float64)
-            for axis, t in enumerate(terms):
-                array = G.apply_axis(array, axis, t, factor)
-            array = structured.apply(array, terms, factor)  # per-head blocks across axes
+            if prefold:
+                array = apply_prefold(array, prefold)
+            if factor is not None:
+                for axis, t in enumerate(terms):
+                    array = G.apply_axis(array, axis, t, factor)
+                array = structured.apply(array, terms, factor)  # per-head blocks across axes
             array = array.astype(dtype)
         for axis, p in enumerate(index):
             if p is not None:
@@ -104,7 +113,8 @@ class FoldPass(ir.passes.InPlacePass):
                 continue  # unknown shape, or uniform: no permutation changes it
             index = axis_perms(terms, perms)
             group = strongest(self.comp, value, terms)
-            if all(p is None for p in index) and group is None:
+            prefold = getattr(self.comp, "prefold", {}).get(value)
+            if all(p is None for p in index) and group is None and not prefold:
                 continue
             if name in top:
                 self.comp.weight_index[name] = index
@@ -114,7 +124,7 @@ class FoldPass(ir.passes.InPlacePass):
             name_of = (group or G.PERMUTATION).name
             self.comp.group_bytes[name_of] = self.comp.group_bytes.get(name_of, 0) + tensor.nbytes
             factor = G.value_factor(self.comp, value) if group is not None else None
-            value.const_value = permuted(tensor, index, terms, factor)
+            value.const_value = permuted(tensor, index, terms, factor, prefold)
         self.comp.weight_bytes, self.comp.permuted_bytes = total, moved
         return ir.passes.PassResult(model, modified=bool(moved))
 

@@ -23,6 +23,7 @@ from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 from eeonnx.compiler import structured
 from eeonnx.compiler.rules import group_rules
+from eeonnx.compiler.rules import norm_groups  # noqa: F401  (registers the norm statements)
 
 MODES = ("permutation", "max")
 
@@ -32,13 +33,29 @@ class Operand:
 
     ``vars``: class uid -> relation node, for classes occurring exactly once;
     ``all``: every class uid occurring; ``free``: its exponent is ours to choose
-    (an initializer, or an all-zero constant); ``terms``: layout per axis."""
+    (an initializer, or an all-zero constant); ``terms``: layout per axis;
+    ``uniform``: a constant whose elements are all equal (a scalar in disguise)."""
 
-    def __init__(self, key, terms, vars_, all_, free):
+    UNIFORM_LIMIT = 1 << 20  # elements read to decide ``uniform``
+
+    def __init__(self, key, terms, vars_, all_, free, value=None):
         self.key, self.terms, self.vars, self.all, self.free = key, terms, vars_, all_, free
+        self.value = value
+        self._uniform = None
 
     def uids_at(self, axis: int) -> list[int]:
         return list(G.occurrences(self.terms[axis]))
+
+    @property
+    def uniform(self) -> bool:
+        if self._uniform is None:
+            t = self.value.const_value if self.value is not None else None
+            ok = t is not None and 0 < t.size <= self.UNIFORM_LIMIT
+            if ok:
+                flat = t.numpy().reshape(-1)
+                ok = bool((flat == flat[0]).all())
+            self._uniform = ok
+        return self._uniform
 
 
 class Solver:
@@ -50,6 +67,18 @@ class Solver:
         self.allow_rounding = allow_rounding
         self.why_zero: dict[int, str] = {}  # uid -> first op that kept some axis of it permuted only
         self.why_limited: dict[int, str] = {}  # uid -> first op that allowed less than LINEAR
+        graph = comp.model.graph
+        self.consumers: dict[ir.Value, list[tuple[ir.Node, int]]] = {}
+        for node in graph:
+            for i, x in enumerate(node.inputs):
+                if x is not None:
+                    self.consumers.setdefault(x, []).append((node, i))
+        self.graph_outputs = set(graph.outputs)
+        self.tied = {n for t in getattr(comp, "ties", []) for n in t["tensors"]}
+        self.fallback: set[int] = set()  # ids of norm nodes stated in their permutation-safe form
+        self.ortho_norms: list[tuple[int, tuple]] = []  # (norm node id, its output's relation node)
+        self.gain_folds: list = []  # rules/norm_groups.GainFold, one per gain moved into its consumers
+        self.claimed: set[ir.Value] = set()  # initializers a gain fold rewrites
 
     def note(self, table: dict, uid: int, why: str) -> None:
         table.setdefault(uid, why)
@@ -66,7 +95,7 @@ class Solver:
         if terms is None:
             terms = self.an.known(value)
             if terms is None:
-                return Operand(key or value, [], {}, set(), False)
+                return Operand(key or value, [], {}, set(), False, value)
         key = value if key is None else key
         counts: dict[int, int] = {}
         for t in terms:
@@ -85,7 +114,7 @@ class Solver:
                 vars_[uid] = node
         if free is None:
             free = value.is_initializer()
-        return Operand(key, terms, vars_, set(counts), free)
+        return Operand(key, terms, vars_, set(counts), free, value)
 
     def node_input(self, node: ir.Node, i: int) -> Operand | None:
         if i >= len(node.inputs) or node.inputs[i] is None:
@@ -154,6 +183,13 @@ class GroupView:
         if group != G.LINEAR:
             self.solver.note(self.solver.why_limited, a[1], f"{self.where}: {group.name} at most")
 
+    def limit(self, node, group: G.Group) -> None:
+        """The op commutes with ``node``'s class only under ``group`` (no relation)."""
+        self.covered.add(node)
+        self.solver.rel.limit(node, group)
+        if group != G.LINEAR:
+            self.solver.note(self.solver.why_limited, node[1], f"{self.where}: {group.name} at most")
+
     def is_zero(self, node) -> bool:
         """Already forced to exponent 0 (final: relations never undo a zero)."""
         return self.solver.rel.exponent(node) == 0
@@ -184,12 +220,28 @@ class TransformsPass:
 
     def __call__(self, model: ir.Model) -> None:
         comp = self.comp
-        comp.transforms, comp.exponents = {}, {}
+        comp.transforms, comp.exponents, comp.prefold = {}, {}, {}
         for c in comp.classes.values():
             c.group = G.PERMUTATION.name
         if self.mode == "permutation" or not comp.classes:
             return
-        s = Solver(comp, self.allow_rounding)
+        indexed = self._indexed_classes()
+        fallback: set[int] = set()
+        for _ in range(len(model.graph) + 1):
+            s = self._solve(model, fallback)
+            best = self._select(s, indexed)
+            # a norm stated as orthogonal whose stream got no transform in the end: state it
+            # in its permutation-safe form (its output may still take a diagonal) and solve again
+            lost = {nid for nid, y in s.ortho_norms if s.rel.exponent(y) == 0} - fallback
+            if not lost:
+                break
+            fallback |= lost
+        self._assign(s, indexed, best)
+        structured.assign(comp, model)  # LINEAR classes whose maps may differ per head
+
+    def _solve(self, model: ir.Model, fallback: set[int]) -> Solver:
+        s = Solver(self.comp, self.allow_rounding)
+        s.fallback = set(fallback)
         top = set()
         for node in model.graph:
             top.add(id(node))
@@ -204,8 +256,7 @@ class TransformsPass:
                     s.zero_value(v)
         self._state(model, s)
         self._io_limits(model, s)
-        self._assign(s, self._indexed_classes())
-        structured.assign(comp, model)  # LINEAR classes whose maps may differ per head
+        return s
 
     def _state(self, model: ir.Model, s: Solver) -> None:
         by_name = {v.name: v for v in list(model.graph.inputs) + list(model.graph.outputs)}
@@ -238,14 +289,42 @@ class TransformsPass:
                     out.update(v.uid for v in L.free_vars(term))
         return out
 
-    def _assign(self, s: Solver, indexed: set[int]) -> None:
-        comp = self.comp
-        best: dict[int, G.Group] = {}
+    def _select(self, s: Solver, indexed: set[int]) -> dict[int, G.Group]:
+        """Per class, the group its transform is drawn from: the lattice is not a chain,
+        so components of one class may allow incomparable groups (a diagonal through a
+        ReLU here, an orthogonal stream there). Pick the group that covers the most
+        weight bytes (ties: the larger group) and zero every component that does not
+        allow it (a zero component is permuted only: always exact)."""
+        comps: dict = {}  # root -> [uid, group, bytes]
         for node in s.rel.parent:
             uid = node[1]
             if uid in indexed or s.rel.exponent(node) == 0:
                 continue
-            best[uid] = G.meet(best.get(uid, G.LINEAR), s.rel.group_of(node))
+            root = s.rel.find(node)[0]
+            entry = comps.setdefault(root, [uid, s.rel.group_of(node), 0])
+            value = node[0]
+            if isinstance(value, ir.Value) and value.is_initializer() and value.const_value is not None:
+                entry[2] += value.const_value.nbytes
+        by_class: dict[int, list] = {}
+        for root, (uid, group, nbytes) in comps.items():
+            by_class.setdefault(uid, []).append((root, group, nbytes))
+        best: dict[int, G.Group] = {}
+        for uid, members in by_class.items():
+            candidates = {g for _, g, _ in members if g != G.PERMUTATION}
+            if uid in indexed or not candidates:
+                for root, _, _ in members:
+                    s.rel.force_zero(root)
+                continue
+            pick = max(candidates, key=lambda g: (sum(b for _, h, b in members if G.leq(g, h)), g.rank, g.name))
+            for root, group, _ in members:
+                if not G.leq(pick, group):
+                    s.rel.force_zero(root)
+                    s.note(s.why_zero, uid, f"kept permuted: it allows {group.name}, the class {pick.name}")
+            best[uid] = pick
+        return best
+
+    def _assign(self, s: Solver, indexed: set[int], best: dict[int, G.Group]) -> None:
+        comp = self.comp
         for uid, c in comp.classes.items():
             if uid in indexed:
                 c.why = "its values index a table (token ids)"
@@ -262,9 +341,17 @@ class TransformsPass:
             comp.transforms[uid] = tr
         comp.exponents = {node: s.rel.exponent(node) for node in s.rel.parent
                           if node[1] in comp.transforms and s.rel.exponent(node) != 0}
+        # gains moved into their consumers, where the stream they sit on is transformed
+        comp.prefold = {}
+        rewritten = set()
+        for fold in s.gain_folds:
+            if fold.trigger in comp.exponents:
+                fold.record(comp.prefold)
+                rewritten.add(fold.gamma)
         # a weight that carries a continuous class at exponent 0 shows its permutation
         for node in s.rel.parent:
             value, uid = node
             if (uid in comp.transforms and isinstance(value, ir.Value) and value.is_initializer()
-                    and value not in comp.analysis.uniform_shared and node not in comp.exponents):
+                    and value not in comp.analysis.uniform_shared and node not in comp.exponents
+                    and value not in rewritten):
                 comp.classes[uid].visible_in.append(value.name)

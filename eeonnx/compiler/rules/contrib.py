@@ -137,9 +137,11 @@ def _stats(n: NodeView, x: list[L.Term], outputs) -> None:
 
 
 @rule("SimplifiedLayerNormalization")
+@rule("RMSNormalization", since=23)
 def simplified_layer_norm(n: NodeView) -> None:
     """RMS norm over axes [axis:] (a symmetric statistic): Y follows X, scale broadcasts
-    onto the normalised axes, inv_std_var keeps the leading axes."""
+    onto the normalised axes, inv_std_var keeps the leading axes (ONNX RMSNormalization,
+    opset 23, is the same op with one output)."""
     x, y = n.x(0), n.y(0)
     n.tie(x, y)
     broadcast(n, [1])

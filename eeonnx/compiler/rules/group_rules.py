@@ -18,16 +18,22 @@ Why each group:
   by a transformed tensor; a normalisation's output (BatchNormalization,
   LayerNormalization, RMSNorm, decomposed or fused) takes the scale on its
   gain/bias (its input and statistics stay unscaled: eps cannot follow a
-  per-channel scale). So a pre-norm stream's normalised output is scaled;
-  the residual stream itself, which feeds a norm, stays a permutation.
-- Everything else (GELU, sigmoid, tanh, softmax, LayerNorm, Pow, Where,
+  per-channel scale) where the norm cannot take the orthogonal statement.
+- ORTHO_ONES: a sum or mean over the class (x Q 1 = x 1), adding a tensor
+  broadcast along the class ((x + c 1^T) Q = x Q + c 1^T), LayerNorm with its
+  gain uniform or moved into the consumers (rules/norm_groups.py).
+- ORTHOGONAL: a sum of squares over the class (x^2 read only by sums,
+  ReduceL2, ReduceSumSquare), RMSNorm likewise (rules/norm_groups.py).
+- Everything else (GELU, sigmoid, tanh, softmax, other Pow, Where, other
   Cast, quantization ops, fused contrib ops...) is not listed: permutation.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from eeonnx.compiler.groups import DIAGONAL, LINEAR, Group
+import onnx_ir as ir
+
+from eeonnx.compiler.groups import DIAGONAL, LINEAR, ORTHO_ONES, Group, meet
 
 GROUP_RULES: dict[str, Callable] = {}
 
@@ -53,17 +59,20 @@ def _bad(v, uid, operands) -> bool:
     return any(o is not None and uid in o.all and uid not in o.vars for o in operands)
 
 
-def move(v, group: Group, inputs=(0,), outputs=None, drops=False) -> None:
+def move(v, group: Group | None, inputs=(0,), outputs=None, drops=False, reduced: Group | None = None) -> None:
     """Outputs' elements are the inputs' elements (or a positively homogeneous
-    / linear function of those at the same class index): equal exponents.
-    A class of an input that reaches no output is reduced over (exponent 0),
-    unless ``drops``: its elements are left out, not combined (Slice)."""
+    / linear function of those at the same class index): equal exponents
+    (``group`` None: kept classes get 0). A class of an input that reaches no
+    output is reduced over: exponent 0, or, with ``reduced``, any exponent under
+    that group (the reduction is invariant under it: a sum over a class is
+    invariant under orthogonal maps fixing the ones vector); unless ``drops``:
+    its elements are left out, not combined (Slice)."""
     ins = [o for o in (v.inp(i) for i in inputs) if o is not None]
     outs = [o for o in (v.out(k) for k in (outputs if outputs is not None else range(v.n_out))) if o is not None]
     for y in outs:
         for uid, yk in y.vars.items():
             carriers = [x.vars[uid] for x in ins if uid in x.vars]
-            if not carriers or _bad(v, uid, ins + outs):
+            if not carriers or group is None or _bad(v, uid, ins + outs):
                 v.zero(yk, *carriers)
                 continue
             for xk in carriers:
@@ -73,38 +82,46 @@ def move(v, group: Group, inputs=(0,), outputs=None, drops=False) -> None:
             if not any(uid in y.all for y in outs):
                 if drops:
                     v.covered.add(xk)
+                elif reduced is not None and not _bad(v, uid, ins + outs):
+                    v.limit(xk, reduced)
                 else:
                     v.zero(xk)
 
 
-def additive(v, group: Group) -> None:
+def additive(v, group: Group, broadcast: Group | None = None) -> None:
     """Y = f(A, B, ...) with f commuting with one transform applied to all
-    operands (sums, max/min); an operand broadcast along the class forbids it."""
+    operands (sums, max/min). An operand broadcast along the class (constant
+    along it: c 1^T) forbids it, unless ``broadcast``: a sum commutes with any
+    T with 1^T T = 1^T (orthogonal fixing ones: (x + c 1^T) T = x T + c 1^T)."""
     ins = [o for o in (v.inp(i) for i in range(v.n_in)) if o is not None]
     y = v.out(0)
     if y is None:
         return
     for uid, yk in y.vars.items():
         carriers = [x.vars[uid] for x in ins if uid in x.vars]
-        if len(carriers) < len(ins) or _bad(v, uid, ins + [y]):
+        if not carriers or (len(carriers) < len(ins) and broadcast is None) or _bad(v, uid, ins + [y]):
             v.zero(yk, *carriers)
             continue
+        g = group if len(carriers) == len(ins) else meet(group, broadcast)
         for xk in carriers:
-            v.relate(yk, xk, 1, group)
+            v.relate(yk, xk, 1, g)
 
 
-def multilinear(v, mult=(0, 1), add=(), inv=()) -> None:
+def multilinear(v, mult=(0, 1), add=(), inv=(), movable=()) -> None:
     """Y = prod(mult operands) / prod(inv operands) (+ add operands), contracting
     classes that are absent from Y.
 
     Per class: carried by one factor -> Y follows it (LINEAR for a factor,
     DIAGONAL for a divisor); by two factors and kept in Y (a per-element
     product) -> one of them must be a constant, which stays unscaled
-    (DIAGONAL); contracted between two factors -> opposite exponents (LINEAR);
-    anything else -> 0. Added operands carry Y's transform (LINEAR)."""
+    (DIAGONAL; LINEAR if its elements are all equal, a scalar, or if it is in
+    ``movable``: input indices of gains the caller moves into the consumers,
+    leaving ones); contracted between two factors -> opposite exponents
+    (LINEAR); anything else -> 0. Added operands carry Y's transform (LINEAR)."""
     y = v.out(0)
     if y is None:
         return
+    moved = [v.inp(i) for i in movable]
     factors = [(o, 1) for o in (v.inp(i) for i in mult) if o is not None]
     factors += [(o, -1) for o in (v.inp(i) for i in inv) if o is not None]
     adds = [o for o in (v.inp(i) for i in add) if o is not None]
@@ -128,8 +145,9 @@ def multilinear(v, mult=(0, 1), add=(), inv=()) -> None:
                 # permuted only (a gate behind a sigmoid: SwiGLU scales `up`, never the gate)
                 const = next(c for c in carriers if c[0].free or v.is_zero(c[1]))
                 other = next(c for c in carriers if c is not const)
+                scalar = const[0].uniform or any(const[0] is m for m in moved)
                 v.zero(const[1])
-                v.relate(yk, other[1], other[2], DIAGONAL)
+                v.relate(yk, other[1], other[2], LINEAR if scalar else DIAGONAL)
             else:
                 v.zero(*keys)
                 continue
@@ -145,7 +163,7 @@ def multilinear(v, mult=(0, 1), add=(), inv=()) -> None:
                 v.zero(*keys)
 
 
-@group_rule("MatMul", "Mul")
+@group_rule("MatMul")
 def _matmul(v) -> None:
     multilinear(v, mult=(0, 1))
 
@@ -168,7 +186,7 @@ def _div(v) -> None:
 
 @group_rule("Add", "Sub", "Sum", "Mean")
 def _add(v) -> None:
-    additive(v, LINEAR)
+    additive(v, LINEAR, broadcast=ORTHO_ONES)
 
 
 @group_rule("Max", "Min")
@@ -177,10 +195,17 @@ def _maxmin(v) -> None:
 
 
 @group_rule("Identity", "Neg", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand",
-            "Split", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum")
+            "Split", "AveragePool", "GlobalAveragePool")
 def _linear_move(v) -> None:
     """Data input 0 (its other inputs are shapes, axes, bounds: integers)."""
     move(v, LINEAR)
+
+
+@group_rule("ReduceMean", "ReduceSum")
+def _sum(v) -> None:
+    """Linear on the kept classes; a reduced class: the sum x T 1 = x 1 is invariant
+    when T fixes the ones vector (ORTHO_ONES)."""
+    move(v, LINEAR, reduced=ORTHO_ONES)
 
 
 @group_rule("Slice")
@@ -226,6 +251,18 @@ def norm_affine(v, scale: int = 1, bias: int | None = 2) -> None:
                 v.relate(b.vars[uid], yk, 1, DIAGONAL)
 
 
+@group_rule("Cast")
+def _cast(v) -> None:
+    """A float cast that keeps or widens the precision (float32 -> float32/float64)
+    changes no value: a move; any other cast rounds or truncates: permutations only."""
+    x, y = v.node.inputs[0], v.node.outputs[0]
+    if x is None or x.dtype is None or y.dtype is None:
+        return
+    same = x.dtype == y.dtype and x.dtype.is_floating_point()
+    if same or (x.dtype == ir.DataType.FLOAT and y.dtype == ir.DataType.DOUBLE):
+        move(v, LINEAR)
+
+
 @group_rule("BatchNormalization")
 def _batchnorm(v) -> None:
     """Inference form only (one output): Y = gamma (X - mean) / sqrt(var + eps) + beta;
@@ -234,17 +271,10 @@ def _batchnorm(v) -> None:
         norm_affine(v)
 
 
-@group_rule("LayerNormalization", "InstanceNormalization")
-def _layernorm(v) -> None:
-    """Y = (X - mean) / sqrt(var + eps) * scale + B: the statistics outputs (if any) are
-    left uncovered (permuted only); so is X."""
-    norm_affine(v, 1, 2 if v.inp(2) is not None else None)
-
-
-@group_rule("SimplifiedLayerNormalization")
-def _rmsnorm(v) -> None:
-    """Y = X / sqrt(mean(X^2) + eps) * scale (RMSNorm)."""
-    norm_affine(v, 1, None)
+@group_rule("InstanceNormalization")
+def _instancenorm(v) -> None:
+    """Y = (X - mean) / sqrt(var + eps) * scale + B over the spatial axes: X permuted only."""
+    norm_affine(v, 1, 2)
 
 
 @group_rule("Gather")
@@ -264,3 +294,7 @@ def _gather(v) -> None:
 def _shape(v) -> None:
     """Reads only the dims of input 0."""
     v.passive(0)
+
+
+# the norms, squares and per-element gains (orthogonal streams): their own module
+from eeonnx.compiler.rules import norm_groups  # noqa: E402,F401
