@@ -30,12 +30,16 @@ KEY = Key(SECRET)
 N, DH, SEQ = 16, 4, 5
 
 
-def attention(kv_heads: int, rep: int, mix_heads: bool = False) -> onnx.ModelProto:
+def attention(kv_heads: int, rep: int, mix_heads: bool = False, rotary: str = "") -> onnx.ModelProto:
     """One attention block: x [2, SEQ, N] -> q/k/v projections, heads split by Reshape,
     K/V repeated to the query heads (Unsqueeze, Expand, Reshape: the llama repeat_kv)
     when rep > 1, softmax(q k^T) v, heads merged, output projection.
     ``mix_heads``: the attention output gets the sum over all heads added to every head
-    (a ReduceSum over the head axis broadcast back: linear in head_dim, but it mixes heads)."""
+    (a ReduceSum over the head axis broadcast back: linear in head_dim, but it mixes heads).
+    ``rotary``: "half" applies half-split rotary embeddings to q and k (cos/sin computed from
+    inv_freq as the exporters write them: Concat(freqs, freqs), Cos, Sin; rotate_half as
+    Slice/Neg/Concat); "table" multiplies q and k by a constant table whose halves differ
+    (not a rotary table: pairs must stay permuted only)."""
     g = Builder(opset=13, seed=kv_heads * 10 + rep)
     heads = kv_heads * rep
     x = g.node("Sigmoid", [g.input("x", [2, SEQ, N])])  # x's class: permuted only (see _rows_plain)
@@ -55,7 +59,28 @@ def attention(kv_heads: int, rep: int, mix_heads: bool = False) -> onnx.ModelPro
 
     _n = itertools.count()
     q = split(g.node("MatMul", [x, wq]), heads)
-    k = repeat(split(g.node("MatMul", [x, wk]), kv_heads))
+    k = split(g.node("MatMul", [x, wk]), kv_heads)
+    if rotary:
+        half = DH // 2
+        inv = g.floats("inv_freq", 10000.0 ** (-np.arange(half) / half))
+        pos = g.floats("positions", np.arange(SEQ, dtype=np.float32).reshape(SEQ, 1) + 3)
+        emb = g.node("Concat", [g.node("Mul", [pos, inv])] * 2, axis=-1)
+        cos, sin = g.node("Cos", [emb]), g.node("Sin", [emb])
+        if rotary == "table":
+            cos = g.floats("table", g.rng.uniform(0.5, 1.5, (SEQ, DH)))
+
+        def rotate_half(t):
+            a = g.node("Slice", [t, g.ints(f"b{next(_n)}", [0]), g.ints(f"b{next(_n)}", [half]),
+                                 g.ints(f"b{next(_n)}", [3])])
+            b = g.node("Slice", [t, g.ints(f"b{next(_n)}", [half]), g.ints(f"b{next(_n)}", [DH]),
+                                 g.ints(f"b{next(_n)}", [3])])
+            return g.node("Concat", [g.node("Neg", [b]), a], axis=3)
+
+        def rope(t):
+            return g.node("Add", [g.node("Mul", [t, cos]), g.node("Mul", [rotate_half(t), sin])])
+
+        q, k = rope(q), rope(k)
+    k = repeat(k)
     v = repeat(split(g.node("MatMul", [x, wv]), kv_heads))
     s = g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 3, 2])])
     p = g.node("Softmax", [g.node("Mul", [s, g.floats("scale", 1 / np.sqrt(DH))])], axis=-1)

@@ -21,7 +21,7 @@ from eeonnx import __version__
 from eeonnx.compiler import layout as L
 from eeonnx.errors import KeyReuseWarning, StrictPinError, UnsupportedOpError
 from eeonnx.compiler.keys import Key
-from eeonnx.compiler import digest, structured
+from eeonnx.compiler import digest, pairs, structured
 from eeonnx.compiler.passes import (boundary, check, emit, fold, keygen, load, normalize, propagate, split, state,
                                     restructure, tie, transforms)
 
@@ -317,7 +317,9 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     comp.split = split.plan_split(comp, comp.model, split_mode, min_key_bits, tuple(split_at),
                                   tuple(allow_weak) + tuple(allow_clear))
     split.drop_client_only_classes(comp, comp.model, comp.split)
-    structured.settle_wires(comp, comp.model, comp.split.wire_in + comp.split.wire_out if comp.split else ())
+    wires = comp.split.wire_in + comp.split.wire_out if comp.split else ()
+    structured.settle_wires(comp, comp.model, wires)
+    pairs.settle_wires(comp, comp.model, wires)
     before = {name: id(v.const_value) for name, v in comp.model.graph.initializers.items()}
     fold.FoldPass(comp)(comp.model)
     changed = [name for name, v in comp.model.graph.initializers.items() if id(v.const_value) != before.get(name)]

@@ -224,5 +224,8 @@ def groups_detail(comp) -> str:
         more = f" +{len(c.visible_in) - 3} more" if len(c.visible_in) > 3 else ""
         return f"; its permutation is visible in {', '.join(sorted(c.visible_in)[:3])}{more} (permuted only there)"
 
-    return "\n".join(f"{c.name}[{c.size}]: {c.group}" + (f" ({c.why})" if c.why else "") + visible(c)
-                     for c in comp.classes.values())
+    from eeonnx.compiler import pairs
+
+    lines = [f"{c.name}[{c.size}]: {c.group}" + (f" ({c.why})" if c.why else "") + visible(c)
+             for c in comp.classes.values()]
+    return "\n".join(lines + ([pairs.describe(comp)] if pairs.describe(comp) else []))

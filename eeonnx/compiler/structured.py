@@ -27,8 +27,8 @@ When it holds (``assign``, after the transforms pass solved the exponents):
   be applied there; for wires and graph I/O ``h`` and ``d`` share one axis, so
   encode/decode apply it as a dense block-diagonal matrix on that axis;
 - ``h``'s own transform is at most DIAGONAL (a per-head scale commutes with
-  the blocks; a LINEAR ``h`` is narrowed to DIAGONAL, a subgroup, always
-  sound) and ``h`` is not itself per-head.
+  the blocks; a LINEAR ``h`` is narrowed to DIAGONAL, an orthogonal one to the
+  permutation: subgroups, always sound) and ``h`` is not itself per-head.
 Anything else keeps ``d``'s shared LINEAR map: never a wrong output.
 
 Element as stored: ``HeadTransform`` = head class uid + per-block scales
@@ -47,7 +47,7 @@ from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 
 #: above LINEAR: a shared map is the special case of equal blocks
-PER_HEAD = G.Group("per-head linear", 3)
+PER_HEAD = G.Group("per-head linear", G.LINEAR.rank + 1, (G.LINEAR,))
 
 
 @dataclass
@@ -257,9 +257,16 @@ def assign(comp, model: ir.Model) -> None:
         c.group, c.why = PER_HEAD.name, f"one block per index of {hc.name}"
         heads.add(h)
         htr = comp.transforms.get(h)
-        if htr is not None and htr.group == G.LINEAR:
-            comp.transforms[h] = G.draw(comp.key, hc.label, hc.size, G.DIAGONAL)
-            hc.group, hc.why = G.DIAGONAL.name, f"the head of per-head class {c.name}"
+        if htr is not None and htr.group not in (G.PERMUTATION, G.DIAGONAL):
+            # a map that mixes heads would not commute with the blocks: narrow it to a
+            # subgroup that does not (DIAGONAL inside LINEAR; else the permutation)
+            narrow = G.DIAGONAL if G.DIAGONAL in htr.group.subgroups() else G.PERMUTATION
+            tr = G.draw(comp.key, hc.label, hc.size, narrow)
+            if tr is None:
+                comp.transforms.pop(h)
+            else:
+                comp.transforms[h] = tr
+            hc.group, hc.why = narrow.name, f"the head of per-head class {c.name}"
 
 
 def _fits(comp, model, d: int, h: int, touching, io: set[int]) -> bool:

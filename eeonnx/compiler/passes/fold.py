@@ -28,6 +28,7 @@ import onnx_ir as ir
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 from eeonnx.compiler import storage as S
+from eeonnx.compiler import pairs as P
 from eeonnx.compiler import structured
 from eeonnx.compiler.passes.propagate import all_initializers
 from eeonnx.compiler.rules.norm_groups import apply_prefold
@@ -47,14 +48,15 @@ def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.nda
 
 
 def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=None, factor=None,
-             prefold=None) -> ir.TensorProtocol:
+             prefold=None, post=None) -> ir.TensorProtocol:
     """Lazy ``tensor`` permuted by ``index``; with ``factor``, first transformed
-    along each axis, and with ``prefold`` (a moved gain's ops, rules/norm_groups)
-    rewritten before that (float64, one cast at the end)."""
+    along each axis, with ``prefold`` (a moved gain's ops, rules/norm_groups)
+    rewritten before that and ``post`` (array -> array: pair maps, compiler/pairs)
+    after it (float64, one cast at the end)."""
 
     def load() -> ir.TensorProtocol:
         array = tensor.numpy()
-        if factor is not None or prefold:
+        if factor is not None or prefold or post is not None:
             dtype = array.dtype
             array = array.astype(np.float64)
             if prefold:
@@ -63,6 +65,8 @@ def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=No
                 for axis, t in enumerate(terms):
                     array = G.apply_axis(array, axis, t, factor)
                 array = structured.apply(array, terms, factor)  # per-head blocks across axes
+            if post is not None:
+                array = post(array)
             array = array.astype(dtype)
         for axis, p in enumerate(index):
             if p is not None:
@@ -114,6 +118,9 @@ class FoldPass(ir.passes.InPlacePass):
             index = axis_perms(terms, perms)
             group = strongest(self.comp, value, terms)
             prefold = getattr(self.comp, "prefold", {}).get(value)
+            has_pairs = bool(P.value_maps(self.comp, value))
+            if has_pairs and (group is None or group.rank < P.PAIRS.rank):
+                group = P.PAIRS
             if all(p is None for p in index) and group is None and not prefold:
                 continue
             if name in top:
@@ -124,7 +131,11 @@ class FoldPass(ir.passes.InPlacePass):
             name_of = (group or G.PERMUTATION).name
             self.comp.group_bytes[name_of] = self.comp.group_bytes.get(name_of, 0) + tensor.nbytes
             factor = G.value_factor(self.comp, value) if group is not None else None
-            value.const_value = permuted(tensor, index, terms, factor, prefold)
+            post = None
+            if has_pairs:
+                self.comp.not_rekeyable = f"'{name}' carries rotary pair rotations (not recorded for rekey)"
+                post = (lambda v, t: (lambda a: P.transform(self.comp, v, a, t)))(value, terms)
+            value.const_value = permuted(tensor, index, terms, factor, prefold, post)
         self.comp.weight_bytes, self.comp.permuted_bytes = total, moved
         return ir.passes.PassResult(model, modified=bool(moved))
 

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
-from eeonnx.compiler import structured
+from eeonnx.compiler import pairs, structured
 from eeonnx.compiler.rules import group_rules
 from eeonnx.compiler.rules import norm_groups  # noqa: F401  (registers the norm statements)
 
@@ -221,6 +221,7 @@ class TransformsPass:
     def __call__(self, model: ir.Model) -> None:
         comp = self.comp
         comp.transforms, comp.exponents, comp.prefold = {}, {}, {}
+        comp.pair_maps, comp.pair_info = {}, []  # compiler/pairs.py
         for c in comp.classes.values():
             c.group = G.PERMUTATION.name
         if self.mode == "permutation" or not comp.classes:
@@ -238,6 +239,7 @@ class TransformsPass:
             fallback |= lost
         self._assign(s, indexed, best)
         structured.assign(comp, model)  # LINEAR classes whose maps may differ per head
+        pairs.solve(comp, model)  # rotation-scale per pair of Cat(f, f) axes (rotary q/k)
 
     def _solve(self, model: ir.Model, fallback: set[int]) -> Solver:
         s = Solver(self.comp, self.allow_rounding)
