@@ -455,6 +455,9 @@ def bench(model, out, provider, iters, dims, gen, as_json):
 def rekey_cmd(out, out2, force):
     """Give the artifact OUT a fresh key: re-fold its weights from client/rekey.json
     (no original model, no re-analysis) into OUT2, with a new key.json and artifact id.
+    Every class gets a new permutation and, above the permutations, a new element of
+    its group (re-folded in float64 and cast once: exact to float rounding, not
+    bit-identical to a fresh compile).
 
     Rotation helps against a server (or node) that never saw OUT; a server
     that keeps both server models can link them (same weights, two orders).

@@ -1,4 +1,5 @@
-"""eeonnx rekey: a fresh key from the artifact alone, exact, sharing no permutation with the old one."""
+"""eeonnx rekey: a fresh key from the artifact alone, exact, sharing no permutation with the old one
+(nor, for classes above the permutations, any group element)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from helpers import CPU, assert_close, random_feeds, run_original
 
 ROOT = Path(__file__).resolve().parent.parent
 CNN = ROOT / "models" / "cnn.onnx"
+MLP = ROOT / "models" / "mlp.onnx"
 BERT = ROOT / "models" / "fixtures" / "bert.ts.onnx"
 BERT_TOK = ROOT / "models" / "fixtures" / "bert.tokenizer.json"
 
@@ -33,13 +35,13 @@ def _feeds(model, seed):
     return client_free
 
 
-def _exact(model_path, out, seed=0):
+def _exact(model_path, out, seed=0, rtol=1e-4):
     model = onnx.load(model_path)
     feeds = _feeds(model, seed)
     want = run_original(model, feeds)
     got = eeonnx.Client(out).infer(eeonnx.Server(Path(out) / "server" / "model.onnx", providers=CPU), feeds)
     for o, w in zip(model.graph.output, want):
-        assert_close(got[o.name], w, 1e-4, what=o.name)
+        assert_close(got[o.name], w, rtol, what=o.name)
 
 
 def _inits(path):
@@ -141,19 +143,87 @@ def test_rekey_refusals(cnn, bert, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
 
 
-def test_rekey_refuses_transforms_beyond_permutations(tmp_path):
-    from eeonnx.compiler.api import compile as compile_model
+def _npz(out):
+    with np.load(Path(out) / "client" / "rekey.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
-    out = tmp_path / "out"
-    try:
-        compile_model(ROOT / "models" / "mlp.onnx", out, transforms="max")
-    except TypeError:  # pragma: no cover - an eeonnx without transforms
-        pytest.skip("no --transforms in this eeonnx")
-    groups = {c["group"] for c in _record(out)["classes"]}
-    assert groups - {"permutation"}, "the MLP should get a class beyond permutations"
-    with pytest.raises(RekeyError, match="transform"):
-        rekey(out, tmp_path / "out2")
-    assert not (tmp_path / "out2").exists()
+
+@pytest.fixture(scope="module")
+def mlp_max(tmp_path_factory):
+    """The MLP with every class at its largest group: diagonal hidden units behind ReLU,
+    a linear class on the logits (through decode's matrix)."""
+    out = tmp_path_factory.mktemp("mlp_max") / "out"
+    eeonnx.compile(MLP, out, split="none", min_key_bits=0, transforms="max",
+                   allow_clear=("probs",), allow_weak=("probs",))
+    return out
+
+
+def test_rekey_continuous_classes(mlp_max, tmp_path):
+    out = mlp_max
+    rec = _record(out)
+    groups = {c["group"] for c in rec["classes"]}
+    assert {"diagonal", "linear"} <= groups, groups
+    assert oct(os.stat(out / "client" / "rekey.npz").st_mode & 0o777) == "0o600"
+    rekey(out, tmp_path / "out2")
+    _exact(MLP, tmp_path / "out2", rtol=1e-5)
+    # every continuous class got a new element of its group (and a new permutation)
+    old, new = _npz(out), _npz(tmp_path / "out2")
+    assert old.keys() == new.keys() and old
+    for k in old:
+        assert old[k].shape == new[k].shape
+        assert not np.allclose(old[k], new[k]), f"{k} kept its transform"
+        if k.endswith(".scale"):
+            assert (new[k] > 0).all()
+        if k.endswith(".ortho"):
+            assert np.allclose(new[k].T @ new[k], np.eye(new[k].shape[0]), atol=1e-12)
+    for a, b in zip(rec["classes"], _record(tmp_path / "out2")["classes"]):
+        assert a.get("transform") == b.get("transform") and a["group"] == b["group"]
+    # the old client cannot read the new server: decode with the old key is wrong
+    model = onnx.load(MLP)
+    feeds = _feeds(model, 3)
+    want = run_original(model, feeds)
+    c_old = eeonnx.Client(out)
+    srv_new = eeonnx.Server(tmp_path / "out2" / "server" / "model.onnx", providers=CPU)
+    got = c_old.decode(srv_new.run(c_old.encode(feeds)))
+    o = model.graph.output[0].name
+    assert np.abs(got[o] - want[0]).max() > 1e-2 * np.abs(want[0]).max()
+    # repeated re-keys stay exact (each one re-rounds: measured in the module docstring)
+    prev = tmp_path / "out2"
+    for k in range(3, 6):
+        rekey(prev, tmp_path / f"out{k}")
+        prev = tmp_path / f"out{k}"
+    _exact(MLP, prev, seed=1, rtol=1e-5)
+
+
+def test_rekey_continuous_refusals(mlp_max, tmp_path):
+    # a boundary map altered: refused, nothing written
+    bad = tmp_path / "bad"
+    rekey(mlp_max, bad)
+    maps = [(rel, n) for rel, entries in _record(bad)["files"].items() for n, e in entries.items() if "map" in e]
+    assert maps  # the input x's linear class: encode multiplies by its matrix
+    rel, name = maps[0]
+    graph = onnx.load(bad / rel)
+    t = [t for t in graph.graph.initializer if t.name == name][0]
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(1.01), t.name))
+    onnx.save(graph, bad / rel)
+    with pytest.raises(RekeyError, match="does not match"):
+        rekey(bad, tmp_path / "x")
+    # the transforms' arrays missing
+    bad2 = tmp_path / "bad2"
+    rekey(mlp_max, bad2)
+    (bad2 / "client" / "rekey.npz").unlink()
+    with pytest.raises(RekeyError, match="rekey.npz"):
+        rekey(bad2, tmp_path / "y")
+    # a record from before continuous re-keys (no element recorded)
+    bad3 = tmp_path / "bad3"
+    rekey(mlp_max, bad3)
+    rec = _record(bad3)
+    for c in rec["classes"]:
+        c.pop("transform", None)
+    (bad3 / "client" / "rekey.json").write_text(json.dumps(rec))
+    with pytest.raises(RekeyError, match="does not hold"):
+        rekey(bad3, tmp_path / "z")
+    assert not any((tmp_path / n).exists() for n in "xyz")
 
 
 def test_rekey_server_in_the_original_structure(tmp_path):

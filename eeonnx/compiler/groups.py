@@ -220,6 +220,14 @@ def fixing_ones(q: np.ndarray) -> np.ndarray:
     return h @ inner @ h
 
 
+def group_named(name: str) -> Group:
+    """The group of that display name (``SecretClass.group``, the manifest, client/rekey.json)."""
+    for g in GROUPS:
+        if g.name == name:
+            return g
+    raise KeyError(name)
+
+
 def draw(key, label: str, n: int, group: Group) -> Transform | None:
     if group == DIAGONAL:
         return Transform(group, key.scales(label, n, *DIAGONAL_RANGE))
@@ -231,6 +239,16 @@ def draw(key, label: str, n: int, group: Group) -> Transform | None:
     if group == LINEAR:
         return Transform(group, key.scales(label, n, *LINEAR_RANGE), key.orthogonal(label, n))
     return None
+
+
+def redraw(key, label: str, old: Transform) -> Transform:
+    """A fresh element of ``old``'s group with ``old``'s structure, from ``key`` and
+    ``label`` (``eeonnx rekey``). A Transform subclass with more structure than a
+    size (blocks, heads) defines ``redraw(key, label)`` itself."""
+    own = getattr(old, "redraw", None)
+    if own is not None:
+        return own(key, label)
+    return draw(key, label, int(old.scale.size), old.group)
 
 
 # ---------------------------------------------------------------------------
@@ -285,15 +303,17 @@ def axis_map(comp, value, terms: list[L.Term], inverse: bool = False) -> list[np
     """Per axis of a wire tensor: None, a scale vector or a full matrix (x -> x M),
     on plain indices (before the permutation; ``inverse``: undoing it after)."""
     factor = value_factor(comp, value, inverse)
-    out = []
-    for t in terms:
-        t = L.resolve(t)
-        if t.size is None or not any(factor(v) is not None for v in L.free_vars(t)):
-            out.append(None)
-        elif has_dense(t, factor):
-            from eeonnx.compiler import structured  # per-head blocks on this axis
+    return [term_map(t, factor) for t in terms]
 
-            out.append(structured.dense(t, factor))
-        else:
-            out.append(apply_axis(np.ones(t.size), 0, t, factor))
-    return out
+
+def term_map(t: L.Term, factor) -> np.ndarray | None:
+    """The whole map of one axis (layout ``t``, per-variable maps ``factor``): None when
+    no variable has one, else a scale vector, or a matrix M (x -> x M) when any is dense."""
+    t = L.resolve(t)
+    if t.size is None or not any(factor(v) is not None for v in L.free_vars(t)):
+        return None
+    if has_dense(t, factor):
+        from eeonnx.compiler import structured  # per-head blocks on this axis
+
+        return structured.dense(t, factor)
+    return apply_axis(np.ones(t.size), 0, t, factor)
