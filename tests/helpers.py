@@ -293,25 +293,25 @@ def original_tensors(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------
 class GroupTruth:
     """The compile's record of every class (client/rekey.json, client/rekey.npz), read
-    back to say what a server tensor must be, independently of the fold code.
+    back to say what a server tensor must be.
 
-    A class of group g has an element T_c on plain indices (``factor(1)`` of its recorded
-    transform: a vector for a diagonal, a matrix for a dense map) and its permutation p_c.
-    An axis of a tensor with layout term t and exponent e_c per class carries the map
-    M_t = kron / block-diag of the classes' maps (T_c for e = +1, inv(T_c).T for e = -1,
-    computed here with numpy, identity for e = 0 or a permutation class), then the index
-    array of t: ``server = (plain x_axis M_t).take(p_t, axis)`` on every axis."""
+    A class of group g has an element T_c (its recorded transform) and a permutation p_c.
+    A tensor with layout terms t and exponent e_c per class is, on the server,
+    ``fold(plain).take(p_t, axis)`` on every axis, fold applying T_c at e_c = +1 and
+    T_c^-T at -1 (``passes.fold.transform``: per-axis maps and maps across axes, such as
+    per-head blocks). Every element is checked to belong to its group when read
+    (:func:`assert_in_group`)."""
 
     def __init__(self, out):
-        from eeonnx.compiler.rekey import load_record, load_transforms
+        from eeonnx.compiler.rekey import ClassVars, load_record, load_transforms
 
         self.record = load_record(str(out))
         self.sizes = {c["name"]: int(c["size"]) for c in self.record["classes"]}
         self.perms = {c["name"]: np.asarray(c["perm"], dtype=np.int64) for c in self.record["classes"]}
         self.groups = {c["name"]: c["group"] for c in self.record["classes"]}
-        self.elements = {n: np.asarray(t.factor(1), dtype=np.float64)
-                         for n, t in load_transforms(str(out), self.record).items()}
-        for n, t in self.elements.items():
+        self.classes = ClassVars(self.sizes)
+        self.transforms = load_transforms(str(out), self.record, self.classes)
+        for n, t in self.transforms.items():
             assert_in_group(self.groups[n], t, n)
 
     def entry(self, rel: str, name: str) -> dict | None:
@@ -319,43 +319,17 @@ class GroupTruth:
 
     def continuous(self, entry: dict | None) -> bool:
         """The tensor carries some class's continuous transform (not only permutations)."""
-        return bool(entry) and any(e and n in self.elements for n, e in entry.get("exp", {}).items())
+        return bool(entry) and any(e and n in self.transforms for n, e in entry.get("exp", {}).items())
 
-    def _map(self, term: dict, exp: dict, dense: bool):
-        if "p" in term:
-            return np.eye(term["p"]) if dense else np.ones(term["p"])
-        if "c" in term:
-            name, n = term["c"], self.sizes[term["c"]]
-            t, e = self.elements.get(name), exp.get(name, 0)
-            if t is None or not e:
-                return np.eye(n) if dense else np.ones(n)
-            m = np.diag(t) if t.ndim == 1 else t
-            m = m if e == 1 else np.linalg.inv(m).T
-            return m if dense else np.diag(m).copy()
-        parts = [self._map(p, exp, dense) for p in term.get("cat", term.get("kron", []))]
-        if "kron" in term:
-            out = parts[0]
-            for p in parts[1:]:
-                out = np.kron(out, p)
-            return out
-        if not dense:
-            return np.concatenate(parts)
-        size = sum(len(p) for p in parts)
-        out, off = np.zeros((size, size)), 0
-        for p in parts:
-            out[off:off + len(p), off:off + len(p)] = p
-            off += len(p)
-        return out
+    def _factor(self, exp: dict, inverse: bool):
+        exp = {n: e for n, e in exp.items() if e and n in self.transforms}
+        return self.classes.factor(exp, lambda n, e: self.transforms[n].factor(e, inverse))
 
-    def _dense(self, term: dict, exp: dict) -> bool:
-        from eeonnx.compiler.rekey import _classes_in
+    def axis_map(self, term: dict, exp: dict, inverse: bool = False):
+        """The map of one axis on plain indices: None, a vector, or a matrix (x -> x M)."""
+        from eeonnx.compiler import groups
 
-        return any(self.elements[n].ndim == 2 for n in _classes_in(term, set())
-                   if n in self.elements and exp.get(n))
-
-    def axis_map(self, term: dict, exp: dict) -> np.ndarray:
-        """M_t of one axis: a vector (diagonal) or a matrix (x -> x M)."""
-        return self._map(term, exp, self._dense(term, exp))
+        return groups.term_map(self.classes.term(term), self._factor(exp, inverse))
 
     def index(self, term: dict) -> np.ndarray:
         from eeonnx.compiler.rekey import materialize_json
@@ -363,25 +337,19 @@ class GroupTruth:
         return materialize_json(term, self.perms, self.sizes)
 
     def plain(self, array: np.ndarray, terms: list[dict], exp: dict) -> np.ndarray:
-        """The plain tensor behind a server tensor (float64): each axis un-permuted, then
-        multiplied by the inverse of its map."""
+        """The plain tensor behind a server tensor (float64): un-permuted, un-folded."""
+        from eeonnx.compiler.passes.fold import transform
+
         out = np.asarray(array, dtype=np.float64)
         for axis, term in enumerate(terms):
             out = np.take(out, np.argsort(self.index(term)), axis=axis)
-            out = apply_axis_map(out, axis, self.axis_map(term, exp), inverse=True)
-        return out
-
-    def server(self, array: np.ndarray, terms: list[dict], exp: dict) -> np.ndarray:
-        """What the server must hold for a plain tensor (float64): map, then permute."""
-        out = np.asarray(array, dtype=np.float64)
-        for axis, term in enumerate(terms):
-            out = apply_axis_map(out, axis, self.axis_map(term, exp))
-            out = np.take(out, self.index(term), axis=axis)
-        return out
+        return transform(out, [self.classes.term(t) for t in terms], self._factor(exp, True))
 
 
-def apply_axis_map(a: np.ndarray, axis: int, m: np.ndarray, inverse: bool = False) -> np.ndarray:
+def apply_axis_map(a: np.ndarray, axis: int, m: np.ndarray | None, inverse: bool = False) -> np.ndarray:
     """``a`` along ``axis`` multiplied by m (x -> x m; a vector: elementwise), or by m^-1."""
+    if m is None:
+        return a
     if m.ndim == 1:
         shape = [1] * a.ndim
         shape[axis] = -1
@@ -390,16 +358,20 @@ def apply_axis_map(a: np.ndarray, axis: int, m: np.ndarray, inverse: bool = Fals
     return np.moveaxis(np.tensordot(a, m, axes=([axis], [0])), -1, axis)
 
 
-def assert_in_group(group: str, t: np.ndarray, what: str = "") -> None:
-    """A class's element T (factor(1)) belongs to its group: a diagonal is a positive
-    vector; any dense group is an invertible square matrix (orthogonal ones: Q^T Q = I)."""
+def assert_in_group(group: str, t, what: str = "") -> None:
+    """A class's element belongs to its group: scales positive (a diagonal, or the scale
+    part diag(s) of diag(s) Q), orthogonal factors orthogonal (per block for per-head
+    maps), and nothing else for a diagonal; its map at exponent +1 is finite."""
+    scale, ortho = getattr(t, "scale", None), getattr(t, "ortho", None)
+    if scale is not None:
+        assert np.isfinite(scale).all() and (np.asarray(scale) > 0).all(), f"class {what}: scales not positive"
     if group == "diagonal":
-        assert t.ndim == 1 and (t > 0).all() and np.isfinite(t).all(), f"class {what}: not a positive diagonal"
-        return
-    assert t.ndim == 2 and t.shape[0] == t.shape[1], f"class {what}: {group} element is not a square matrix"
-    assert np.isfinite(t).all() and np.linalg.cond(t) < 1e6, f"class {what}: {group} element is not invertible"
-    if "orthogonal" in group and "scaled" not in group:
-        assert np.allclose(t.T @ t, np.eye(len(t)), atol=1e-9), f"class {what}: not orthogonal"
+        assert ortho is None and np.asarray(t.factor(1)).ndim == 1, f"class {what}: a diagonal with a dense part"
+    if ortho is not None:
+        q = np.asarray(ortho)
+        qtq = np.einsum("...ji,...jk->...ik", q, q)
+        assert np.allclose(qtq, np.broadcast_to(np.eye(q.shape[-1]), qtq.shape), atol=1e-9), \
+            f"class {what}: orthogonal factor is not orthogonal"
 
 
 def normalized_proto(model: onnx.ModelProto, dims=None) -> onnx.ModelProto:

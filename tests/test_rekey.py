@@ -237,3 +237,27 @@ def test_rekey_server_in_the_original_structure(tmp_path):
     rekey(out, tmp_path / "out2")
     errs = verify(model, tmp_path / "out2")
     assert errs and all(c.err < 1e-4 for c in errs.values()), errs
+
+
+def test_rekey_per_head_maps_and_kv_cache(tmp_path):
+    """GPT-2 with a KV cache under --transforms max: per-head blocks (a transform that
+    spans the head and head-dim axes and names its head class) are re-drawn and re-folded
+    like any other; the re-keyed artifact matches the original on ORT (verify) and generates
+    the same greedy tokens as the artifact it came from."""
+    from eeonnx.client.verify import verify
+
+    model = ROOT / "models" / "fixtures" / "gpt2_kv.dynamo.onnx"
+    out = tmp_path / "out"
+    eeonnx.compile(model, out, transforms="max")
+    kinds = {c["group"] for c in _record(out)["classes"]}
+    assert "per-head linear" in kinds, kinds
+    rekey(out, tmp_path / "out2")
+    old, new = _npz(out), _npz(tmp_path / "out2")
+    assert all(not np.allclose(old[k], new[k]) for k in old)
+    errs = verify(model, tmp_path / "out2")
+    assert errs and all(c.err < 1e-5 for c in errs.values()), errs
+    client = eeonnx.Client(tmp_path / "out2")
+    server = eeonnx.Server(tmp_path / "out2" / "server" / "model.onnx", providers=CPU)
+    want = list(eeonnx.Client(out).generate(eeonnx.Server(out / "server" / "model.onnx", providers=CPU),
+                                            [5, 17, 42], max_new_tokens=5))
+    assert list(client.generate(server, [5, 17, 42], max_new_tokens=5)) == want

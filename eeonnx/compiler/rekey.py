@@ -25,10 +25,12 @@ At compile time :func:`record` saves, on the client side only
 :func:`rekey` draws new permutations (and, for continuous classes, new
 elements of the same group, ``groups.redraw``) from a new key and, per
 axis, takes the server's tensor by ``q = argsort(p_old)[p_new]``, so
-``W.take(p_old).take(q) == W.take(p_new)``. An axis under a continuous
-class is un-permuted, multiplied by ``F_e(T_old)^-1 F_e(T_new)`` per class
-(``F_e`` the map at the tensor's exponent: W'' = fold(W', T_old^-1 T_new),
-in float64, cast once) and permuted by p_new. No analysis and no plain
+``W.take(p_old).take(q) == W.take(p_new)``. A tensor under a continuous
+class is un-permuted, un-folded with the old transforms' inverse maps and
+folded with the new ones at the tensor's recorded exponents
+(``passes.fold.transform``, the compile's own fold: per-axis maps and maps
+that span axes, such as per-head blocks, alike; in effect W'' = fold(W',
+T_old^-1 T_new)), in float64, cast once, and permuted by p_new. No analysis and no plain
 weights are needed, only the artifact. Index arrays and boundary maps are
 rebuilt from their terms, after checking that the old ones match the
 record (a modified artifact is refused). The encrypted tokenizer is
@@ -42,9 +44,9 @@ tensor was already rounded to its dtype, and that rounding is carried
 through ``T_old^-1 T_new``), and repeated re-keys accumulate it. Measured
 (fp32, ``--transforms max``): the plain weights recovered from the server's
 continuously transformed tensors through the record differ from the
-original's by at most 7.5e-8 of the tensor's largest value after the
-compile, 8.0e-8 after one re-key and 1.3e-7 after five (MLP, GPT-2 and
-LLaMA with KV cache alike); the decoded outputs stay within 1e-6 relative
+original's by at most 7.3e-8 of the tensor's largest value after the
+compile, 8.6e-8 after one re-key and 1.5e-7 after five (MLP, GPT-2 and
+LLaMA with KV cache alike, per-head blocks included); the decoded outputs stay within 1e-6 relative
 (eecheck) after five re-keys on GPT-2 and LLaMA with a KV cache.
 
 Invariants: the output is written atomically (a temp sibling renamed to
@@ -120,31 +122,57 @@ def materialize_json(t, perms: dict[str, np.ndarray], sizes: dict[str, int]) -> 
     return idx
 
 
-def layout_term(t, sizes: dict[str, int], vars_: dict[str, L.Var]) -> L.Term:
-    """The layout term of a JSON term: one fresh ``Var`` per class name (shared through
-    ``vars_``), so ``groups.apply_axis`` / ``groups.term_map`` apply a class's maps to it."""
-    if "p" in t:
-        return L.Public(t["p"])
-    if "c" in t:
-        if t["c"] not in vars_:
-            vars_[t["c"]] = L.Var(int(sizes[t["c"]]))
-        return vars_[t["c"]]
-    if "cat" in t:
-        return L.Cat(tuple(layout_term(p, sizes, vars_) for p in t["cat"]))
-    return L.Kron(tuple(layout_term(f, sizes, vars_) for f in t["kron"]))
+class ClassVars:
+    """The record's classes as layout variables: one ``Var`` per class name, shared by every
+    term and transform of one re-key, so ``groups.apply_axis``, ``fold.transform`` and
+    ``groups.term_map`` apply each class's maps (and a transform that refers to another
+    class, such as a per-head map's head, finds it by the same variable)."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.sizes, self.vars, self.names = sizes, {}, {}
+
+    def var(self, name: str) -> L.Var:
+        if name not in self.vars:
+            v = L.Var(int(self.sizes[name]))
+            self.vars[name], self.names[v.uid] = v, name
+        return self.vars[name]
+
+    def term(self, t) -> L.Term:
+        """The layout term of a JSON term."""
+        if "p" in t:
+            return L.Public(t["p"])
+        if "c" in t:
+            return self.var(t["c"])
+        if "cat" in t:
+            return L.Cat(tuple(self.term(p) for p in t["cat"]))
+        return L.Kron(tuple(self.term(f) for f in t["kron"]))
+
+    def factor(self, exp: dict[str, int], of):
+        """factor(var): ``of(name, e)`` for a class with a non-zero exponent in ``exp``, else None."""
+        def factor(v):
+            n = self.names.get(v.uid)
+            return None if n is None or not exp.get(n) else of(n, exp[n])
+
+        return factor
 
 
-def transform_record(name: str, tr: G.Transform) -> tuple[dict, dict[str, np.ndarray]]:
+def transform_record(name: str, tr, names: dict[int, str]) -> tuple[dict, dict[str, np.ndarray]]:
     """(JSON description, arrays) of a class's transform, generically over its dataclass
-    fields: arrays go to rekey.npz as ``{name}.{field}``, the group by name, anything else
-    (ints, strings: a structured group's shape) as JSON."""
-    meta = {"type": type(tr).__name__, "group": tr.group.name, "arrays": [], "params": {}}
+    fields: arrays go to rekey.npz as ``{name}.{field}``; the fields the type lists in
+    ``class_refs`` hold another class's uid and are written as that class's name; the group
+    by name; private fields (``_cache``) are skipped; anything else (ints, strings) as JSON."""
+    cls = type(tr)
+    refs = set(getattr(cls, "class_refs", ()))
+    meta = {"type": f"{cls.__module__}:{cls.__qualname__}", "group": tr.group.name,
+            "arrays": [], "params": {}, "classes": {}}
     arrays = {}
     for f in dataclasses.fields(tr):
         v = getattr(tr, f.name)
-        if f.name == "group":
+        if f.name == "group" or f.name.startswith("_"):
             continue
-        if isinstance(v, np.ndarray):
+        if f.name in refs:
+            meta["classes"][f.name] = names[v]
+        elif isinstance(v, np.ndarray):
             meta["arrays"].append(f.name)
             arrays[f"{name}.{f.name}"] = np.asarray(v, dtype=np.float64 if v.dtype.kind == "f" else v.dtype)
         else:
@@ -152,31 +180,43 @@ def transform_record(name: str, tr: G.Transform) -> tuple[dict, dict[str, np.nda
     return meta, arrays
 
 
-def _transform_types() -> dict[str, type]:
-    out, todo = {}, [G.Transform]
-    while todo:
-        t = todo.pop()
-        out[t.__name__] = t
-        todo += t.__subclasses__()
-    return out
+def _transform_type(name: str, spec: str):
+    import importlib
 
-
-def restore_transform(name: str, meta: dict, arrays) -> G.Transform:
-    """The class's transform from its record (the inverse of :func:`transform_record`)."""
-    cls = _transform_types().get(meta.get("type"))
-    if cls is None:
-        raise RekeyError(f"class {name}: transform type '{meta.get('type')}' is unknown to this eeonnx")
+    module, _, qual = str(spec).partition(":")
+    if not module.startswith("eeonnx.compiler") or not qual:
+        raise RekeyError(f"class {name}: transform type '{spec}' is not one of eeonnx's")
     try:
-        group = G.group_named(meta["group"])
+        return importlib.import_module(module), getattr(importlib.import_module(module), qual)
+    except (ImportError, AttributeError):
+        raise RekeyError(f"class {name}: transform type '{spec}' is unknown to this eeonnx") from None
+
+
+def _group(name: str, group: str, module) -> G.Group:
+    try:
+        return G.group_named(group)
     except KeyError:
-        raise RekeyError(f"class {name}: group '{meta['group']}' is unknown to this eeonnx") from None
+        pass
+    for v in vars(module).values():  # a group defined next to its transform (structured.py)
+        if isinstance(v, G.Group) and v.name == group:
+            return v
+    raise RekeyError(f"class {name}: group '{group}' is unknown to this eeonnx")
+
+
+def restore_transform(name: str, meta: dict, arrays, classes: ClassVars):
+    """The class's transform from its record (the inverse of :func:`transform_record`)."""
+    module, cls = _transform_type(name, meta.get("type"))
     kw = dict(meta.get("params", {}))
     for field in meta.get("arrays", []):
         key = f"{name}.{field}"
         if arrays is None or key not in arrays:
             raise RekeyError(f"client/{ARRAYS}: '{key}' is missing (modified artifact?)")
         kw[field] = np.asarray(arrays[key])
-    return cls(group=group, **kw)
+    for field, other in meta.get("classes", {}).items():
+        if other not in classes.sizes:
+            raise RekeyError(f"class {name}: its transform refers to class '{other}', which the record lacks")
+        kw[field] = classes.var(other).uid
+    return cls(group=_group(name, meta["group"], module), **kw)
 
 
 def _classes_in(t, out: set[str]) -> set[str]:
@@ -207,7 +247,7 @@ def _record(comp) -> tuple[dict, dict[str, np.ndarray]]:
                  "group": getattr(c, "group", "permutation"),
                  "perm": [int(i) for i in comp.perms.get(uid, np.arange(c.size))]}
         if uid in transforms:
-            entry["transform"], a = transform_record(c.name, transforms[uid])
+            entry["transform"], a = transform_record(c.name, transforms[uid], names)
             arrays.update(a)
         classes.append(entry)
     files: dict[str, dict] = {SERVER: {}, ENCODE: {}, DECODE: {}}
@@ -308,7 +348,7 @@ def load_record(out: str) -> dict:
     return rec
 
 
-def load_transforms(out: str, rec: dict) -> dict[str, G.Transform]:
+def load_transforms(out: str, rec: dict, classes: ClassVars) -> dict:
     """Class name -> its current transform, for the classes above the permutations."""
     todo = [c for c in rec["classes"] if "transform" in c]
     if not todo:
@@ -321,7 +361,7 @@ def load_transforms(out: str, rec: dict) -> dict[str, G.Transform]:
         raise RekeyError(f"{path}: missing (the re-key record names continuous transforms)") from None
     except (OSError, ValueError) as e:
         raise RekeyError(f"{path}: unreadable ({e})") from None
-    return {c["name"]: restore_transform(c["name"], c["transform"], arrays) for c in todo}
+    return {c["name"]: restore_transform(c["name"], c["transform"], arrays, classes) for c in todo}
 
 
 def _tensor_index(t, inverse: bool, perms, sizes) -> np.ndarray:
@@ -329,65 +369,53 @@ def _tensor_index(t, inverse: bool, perms, sizes) -> np.ndarray:
     return np.argsort(p) if inverse else p
 
 
-def _mat(f: np.ndarray) -> np.ndarray:
-    return np.diag(f) if f.ndim == 1 else f
+class Keys:
+    """What one re-key needs: classes as variables, old and new permutations and transforms."""
 
+    def __init__(self, classes: ClassVars, old: dict, new: dict, told: dict, tnew: dict):
+        self.classes, self.old, self.new, self.told, self.tnew = classes, old, new, told, tnew
 
-class _Change:
-    """Per (class, exponent): F_e(T_old)^-1 F_e(T_new), the map taking an axis folded with the
-    old transform to the new one (x -> x M; a vector when both are diagonal)."""
+    def exps(self, entry: dict) -> dict[str, int]:
+        return {n: int(e) for n, e in entry.get("exp", {}).items() if e and n in self.told}
 
-    def __init__(self, old: dict[str, G.Transform], new: dict[str, G.Transform]):
-        self.old, self.new, self._cache = old, new, {}
+    def boundary_map(self, entry: dict, transforms: dict) -> np.ndarray | None:
+        """A boundary map entry's vector or matrix under ``transforms``."""
+        term = self.classes.term(entry["map"])
+        of = lambda n, e: transforms[n].factor(e, entry["inverse"])  # noqa: E731
+        return G.term_map(term, self.classes.factor(self.exps(entry), of))
 
-    def __call__(self, name: str, e: int) -> np.ndarray:
-        if (name, e) not in self._cache:
-            a, b = self.old[name].factor(e, inverse=True), self.new[name].factor(e)
-            self._cache[name, e] = a * b if a.ndim == b.ndim == 1 else _mat(a) @ _mat(b)
-        return self._cache[name, e]
+    def refold(self, array: np.ndarray, entry: dict, rel: str, name: str) -> np.ndarray:
+        """The tensor under the new key (see the module docstring)."""
+        sizes = self.classes.sizes
+        index = []
+        for axis, term in enumerate(entry["fold"]):
+            p_old, p_new = (materialize_json(term, perms, sizes) for perms in (self.old, self.new))
+            if p_old.size != array.shape[axis]:
+                raise RekeyError(f"{rel}: '{name}' axis {axis} has size {array.shape[axis]}, "
+                                 f"the record says {p_old.size}")
+            index.append((p_old, p_new))
+        exp = self.exps(entry)
+        if not exp:  # permutations only: the same values, moved
+            fresh = array
+            for axis, (p_old, p_new) in enumerate(index):
+                if not np.array_equal(p_old, p_new):
+                    fresh = np.take(fresh, np.argsort(p_old)[p_new], axis=axis)
+            return fresh
+        from eeonnx.compiler.passes.fold import transform
 
-
-def _factor(term_vars: dict[str, L.Var], exp: dict[str, int], of):
-    """factor(var) for groups.apply_axis / term_map: ``of(name, e)`` for a class of the
-    tensor with a non-zero exponent, None otherwise."""
-    names = {id(v): n for n, v in term_vars.items()}
-
-    def factor(v):
-        n = names.get(id(v))
-        return None if n is None or not exp.get(n) else of(n, exp[n])
-
-    return factor
-
-
-def _boundary_map(entry: dict, transforms: dict[str, G.Transform], sizes) -> np.ndarray | None:
-    vars_: dict[str, L.Var] = {}
-    term = layout_term(entry["map"], sizes, vars_)
-    exp = {n: e for n, e in entry.get("exp", {}).items() if n in transforms}
-    return G.term_map(term, _factor(vars_, exp, lambda n, e: transforms[n].factor(e, entry["inverse"])))
-
-
-def _refold(array: np.ndarray, entry: dict, old, new, sizes, change: _Change | None, rel: str, name: str):
-    """The server tensor under the new key (see the module docstring)."""
-    exp = {n: e for n, e in entry.get("exp", {}).items() if e and change is not None and n in change.old}
-    fresh = array.astype(np.float64) if exp else array
-    for axis, term in enumerate(entry["fold"]):
-        p_old, p_new = (materialize_json(term, perms, sizes) for perms in (old, new))
-        if p_old.size != array.shape[axis]:
-            raise RekeyError(f"{rel}: '{name}' axis {axis} has size {array.shape[axis]}, "
-                             f"the record says {p_old.size}")
-        if exp and _classes_in(term, set()) & set(exp):
-            vars_: dict[str, L.Var] = {}
-            t = layout_term(term, sizes, vars_)
+        terms = [self.classes.term(t) for t in entry["fold"]]
+        fresh = array.astype(np.float64)
+        for axis, (p_old, _) in enumerate(index):
             fresh = np.take(fresh, np.argsort(p_old), axis=axis)
-            fresh = G.apply_axis(fresh, axis, t, _factor(vars_, exp, change))
+        fresh = transform(fresh, terms, self.classes.factor(exp, lambda n, e: self.told[n].factor(e, True)))
+        fresh = transform(fresh, terms, self.classes.factor(exp, lambda n, e: self.tnew[n].factor(e)))
+        for axis, (_, p_new) in enumerate(index):
             fresh = np.take(fresh, p_new, axis=axis)
-        elif not np.array_equal(p_old, p_new):
-            fresh = np.take(fresh, np.argsort(p_old)[p_new], axis=axis)
-    return fresh.astype(array.dtype) if exp else fresh
+        return fresh.astype(array.dtype)
 
 
-def _rekey_file(path: str, entries: dict, old, new, sizes, rel: str,
-                change: _Change | None = None) -> onnx.ModelProto:
+def _rekey_file(path: str, entries: dict, keys: Keys, rel: str) -> onnx.ModelProto:
+    old, new, sizes = keys.old, keys.new, keys.classes.sizes
     model = onnx.load(path)
     present = {t.name: t for t in model.graph.initializer}
     # a server in the original's structure (restructure.py) may hold a changed tensor as the
@@ -408,16 +436,14 @@ def _rekey_file(path: str, entries: dict, old, new, sizes, rel: str,
                 raise RekeyError(f"{rel}: '{name}' does not match the re-key record (modified artifact?)")
             fresh = _tensor_index(entry["index"], entry["inverse"], new, sizes).astype(array.dtype)
         elif "map" in entry:
-            if change is None:
-                raise RekeyError(f"{rel}: '{name}' is a boundary map but the record holds no transform")
-            want = _boundary_map(entry, change.old, sizes)
+            want = keys.boundary_map(entry, keys.told)
             if want is None or want.size != array.size or not np.allclose(
                     array.astype(np.float64).reshape(want.shape), want, rtol=1e-5,
                     atol=1e-6 * float(np.abs(want).max())):
                 raise RekeyError(f"{rel}: '{name}' does not match the re-key record (modified artifact?)")
-            fresh = _boundary_map(entry, change.new, sizes).reshape(array.shape).astype(array.dtype)
+            fresh = keys.boundary_map(entry, keys.tnew).reshape(array.shape).astype(array.dtype)
         else:
-            fresh = _refold(array, entry, old, new, sizes, change, rel, name)
+            fresh = keys.refold(array, entry, rel, name)
         t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(fresh), t.name))
     return model
 
@@ -436,7 +462,9 @@ def rekey(out: str, out2: str, *, key: Key | None = None, force: bool = False) -
     new_key = key or Key.generate()
     sizes = {c["name"]: c["size"] for c in rec["classes"]}
     old = {c["name"]: np.asarray(c["perm"], dtype=np.int64) for c in rec["classes"]}
-    told = load_transforms(out, rec)
+    cv = ClassVars(sizes)
+    told = load_transforms(out, rec, cv)
+    names = {v.uid: n for n, v in cv.vars.items()}
     tnew, arrays = {}, {}
     new, classes = {}, []
     for c in rec["classes"]:
@@ -445,10 +473,10 @@ def rekey(out: str, out2: str, *, key: Key | None = None, force: bool = False) -
         entry = {**c, "label": label, "perm": [int(i) for i in p]}
         if c["name"] in told:
             tnew[c["name"]] = G.redraw(new_key, label, told[c["name"]])
-            entry["transform"], a = transform_record(c["name"], tnew[c["name"]])
+            entry["transform"], a = transform_record(c["name"], tnew[c["name"]], names)
             arrays.update(a)
         classes.append(entry)
-    change = _Change(told, tnew) if told else None
+    keys = Keys(cv, old, new, told, tnew)
 
     parent = os.path.dirname(os.path.abspath(out2)) or "."
     os.makedirs(parent, exist_ok=True)
@@ -460,7 +488,7 @@ def rekey(out: str, out2: str, *, key: Key | None = None, force: bool = False) -
         tensors = 0
         for rel, entries in rec["files"].items():
             path = os.path.join(out, rel)
-            model = _rekey_file(path, entries, old, new, sizes, rel, change)
+            model = _rekey_file(path, entries, keys, rel)
             tensors += len(entries)
             if rel == SERVER:
                 for prop in model.metadata_props:

@@ -67,6 +67,11 @@ class HeadTransform:
     ortho: np.ndarray  # [H, n, n]
     group: G.Group = PER_HEAD
     _cache: dict = field(default_factory=dict, repr=False)
+    class_refs = ("head",)  # eeonnx rekey: ``head`` is a class uid (recorded by class name)
+
+    def redraw(self, key, label: str) -> "HeadTransform":
+        """A fresh element with the same blocks (eeonnx rekey, ``groups.redraw``)."""
+        return draw(key, label, self.scale.shape[1], self.head, self.scale.shape[0])
 
     def factor(self, e: int, inverse: bool = False) -> PerHead:
         k = (e, inverse)

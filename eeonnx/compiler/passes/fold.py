@@ -47,6 +47,17 @@ def axis_perms(terms: list[L.Term], perms: dict[int, np.ndarray]) -> list[np.nda
     return out
 
 
+def transform(array: np.ndarray, terms: list[L.Term], factor) -> np.ndarray:
+    """``array`` (float64, plain indices) under the continuous maps ``factor(var)`` gives
+    for its layout ``terms``: each axis's maps (``groups.apply_axis``), then maps that
+    span axes (per-head blocks, ``structured.apply``). All of them commute, so the same
+    call with the inverse factors undoes it; ``eeonnx rekey`` re-folds with exactly this
+    function (old inverse, then new), so a group folded here is re-keyed alike."""
+    for axis, t in enumerate(terms):
+        array = G.apply_axis(array, axis, t, factor)
+    return structured.apply(array, terms, factor)  # per-head blocks across axes
+
+
 def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=None, factor=None,
              prefold=None, post=None) -> ir.TensorProtocol:
     """Lazy ``tensor`` permuted by ``index``; with ``factor``, first transformed
@@ -62,9 +73,7 @@ def permuted(tensor: ir.TensorProtocol, index: list[np.ndarray | None], terms=No
             if prefold:
                 array = apply_prefold(array, prefold)
             if factor is not None:
-                for axis, t in enumerate(terms):
-                    array = G.apply_axis(array, axis, t, factor)
-                array = structured.apply(array, terms, factor)  # per-head blocks across axes
+                array = transform(array, terms, factor)
             if post is not None:
                 array = post(array)
             array = array.astype(dtype)
