@@ -195,3 +195,19 @@ def test_layernorm_stream_needs_q_fixing_ones(tmp_path, monkeypatch):
     path, out, comp = _compile(transformer_block("rms"), tmp_path, "rms")
     assert _stream_group(comp) == "orthogonal"
     assert _max_rel_err(path, out) < 1e-5
+
+
+def test_l2_normalised_output_is_orthogonal(tmp_path):
+    """y = h / Expand(ReduceL2(h over the class), Shape(h)) (sentence-embedding normalisation):
+    the norm is invariant under any orthogonal map, the Expand is constant along the class,
+    so the division commutes: the class is orthogonal, not a permutation, and exact."""
+    g = Builder(opset=17)
+    x = g.input("x", [3, 8])
+    h = g.node("MatMul", [x, g.w("w", [8, D])])
+    n = g.node("ReduceL2", [h], axes=[1], keepdims=1)
+    g.node("Div", [h, g.node("Expand", [n, g.node("Shape", [h])])], "y")
+    g.output("y")
+    m = g.build()
+    path, out, comp = _compile(m, tmp_path, split="none", min_key_bits=0, allow_weak=("x", "y"))
+    assert _stream_group(comp) == "orthogonal"
+    _check_artifact(path, out, comp, {"x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)})

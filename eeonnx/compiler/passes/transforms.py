@@ -130,6 +130,22 @@ class Solver:
             return op
         return self.operand(value)
 
+    def uniform_along(self, value: ir.Value | None, uid: int) -> bool:
+        """``value`` is known constant along class ``uid``'s axis: an Expand (or an
+        Identity of one) whose input does not carry the class (a size-1 axis broadcast)."""
+        for _ in range(8):
+            node = value.producer() if value is not None else None
+            if node is None or node.domain not in ("", "ai.onnx"):
+                return False
+            if node.op_type == "Identity":
+                value = node.inputs[0]
+                continue
+            if node.op_type != "Expand":
+                return False
+            terms = self.an.known(node.inputs[0])
+            return terms is not None and not any(uid in G.occurrences(t) for t in terms)
+        return False
+
     def zero_value(self, value: ir.Value | None) -> None:
         if value is None:
             return

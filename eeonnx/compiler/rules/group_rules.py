@@ -114,7 +114,8 @@ def multilinear(v, mult=(0, 1), add=(), inv=(), movable=()) -> None:
     Per class: carried by one factor -> Y follows it (LINEAR for a factor,
     DIAGONAL for a divisor); by two factors and kept in Y (a per-element
     product) -> one of them must be a constant, which stays unscaled
-    (DIAGONAL; LINEAR if its elements are all equal, a scalar, or if it is in
+    (DIAGONAL; LINEAR if its elements are all equal (a scalar) or equal along
+    the class (an Expand of a size-1 axis: ``Solver.uniform_along``), or if it is in
     ``movable``: input indices of gains the caller moves into the consumers,
     leaving ones); contracted between two factors -> opposite exponents
     (LINEAR); anything else -> 0. Added operands carry Y's transform (LINEAR)."""
@@ -145,7 +146,8 @@ def multilinear(v, mult=(0, 1), add=(), inv=(), movable=()) -> None:
                 # permuted only (a gate behind a sigmoid: SwiGLU scales `up`, never the gate)
                 const = next(c for c in carriers if c[0].free or v.is_zero(c[1]))
                 other = next(c for c in carriers if c is not const)
-                scalar = const[0].uniform or any(const[0] is m for m in moved)
+                scalar = (const[0].uniform or any(const[0] is m for m in moved)
+                          or v.solver.uniform_along(const[0].value, uid))
                 v.zero(const[1])
                 v.relate(yk, other[1], other[2], LINEAR if scalar else DIAGONAL)
             else:
