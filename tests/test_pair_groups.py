@@ -45,6 +45,12 @@ def test_rotary_pairs_rotate_and_scale_exactly(tmp_path, kv_heads, rep):
     comp, out = _compile(model, tmp_path)
     tensors = {t for i in comp.pair_info for t in i["tensors"]}
     assert tensors == {"wq", "wk"}, comp.pair_info
+    # one map per KV head (the query heads of a group share it): the KV head class of wk
+    wk = comp.model.graph.initializers["wk"]
+    kv = L.resolve(L.resolve(comp.analysis.known(wk)[1]).factors[0]).uid
+    assert all(i.get("head") == comp.classes[kv].name for i in comp.pair_info), comp.pair_info
+    tr = comp.pair_maps[wk][0][2]
+    assert tr.head == kv and tr.scale.shape == (kv_heads, 2) and not np.allclose(tr.theta[0], tr.theta[1])
     feeds = random_feeds(model)
     for got, want in zip(_decoded(out, feeds), run_original(model, feeds)):
         assert_close(got, want, 1e-5, "y")
@@ -90,3 +96,21 @@ def test_check_spec_shows_pairs():
                                       "--spec", "--transforms", "max"])
     assert r.exit_code == 0, r.output
     assert "pair rotation-scale" in r.output and "per-head linear" in r.output
+
+
+def test_pair_application_matches_explicit_pairs():
+    """pairs.apply on [h, s, Cat(f, f)] (and merged Kron(h, Cat(f, f))) equals the explicit
+    per-head, per-pair 2x2 products on (x_i, x_{i+n})."""
+    h, f = L.Var(3), L.Var(4)
+    tr = P.draw(Key(SECRET), "t", 4, h.uid, 3)
+    b = tr.blocks(1)
+    x = np.random.default_rng(2).standard_normal((3, 5, 8))
+    want = x.copy()
+    for k in range(3):
+        for i in range(4):
+            want[k, :, [i, i + 4]] = (np.stack([x[k, :, i], x[k, :, i + 4]], -1) @ b[k, i]).T
+    site = L.Cat((f, f))
+    assert np.allclose(P.apply(x, [h, L.Public(5), site], f.uid, b, h.uid), want)
+    merged = np.moveaxis(x, 1, 0).reshape(5, 24)
+    got = P.apply(merged, [L.Public(5), L.Kron((h, site))], f.uid, b, h.uid)
+    assert np.allclose(got.reshape(5, 3, 8), np.moveaxis(want, 1, 0))

@@ -48,21 +48,28 @@ PAIRS = G.Group("pair rotation-scale", 2, (G.PERMUTATION,))  # inside LINEAR on 
 
 @dataclass
 class PairTransform:
-    scale: np.ndarray  # [n]
-    theta: np.ndarray  # [n]
+    """scale/theta [n] (one pair map for every head), or [H, n] with ``head`` the uid of
+    the class whose plain index k selects row k (a map per KV head)."""
+
+    scale: np.ndarray
+    theta: np.ndarray
+    head: int | None = None
 
     def blocks(self, e: int, inverse: bool = False) -> np.ndarray:
-        """[n, 2, 2]: pair i maps (a, b) -> (a, b) @ blocks[i]."""
+        """[..., n, 2, 2]: pair i maps (a, b) -> (a, b) @ blocks[..., i]."""
         s = self.scale ** (-e if inverse else e)
         c, sn = np.cos(self.theta), np.sin(self.theta)
         if inverse:  # (s R)^-1 = R^T / s
             m = np.stack([np.stack([c, -sn], -1), np.stack([sn, c], -1)], -2)
         else:
             m = np.stack([np.stack([c, sn], -1), np.stack([-sn, c], -1)], -2)
-        return m * s[:, None, None]
+        return m * s[..., None, None]
 
 
-def draw(key, label: str, n: int) -> PairTransform:
+def draw(key, label: str, n: int, head: int | None = None, heads: int = 0) -> PairTransform:
+    if head is not None:
+        per = [draw(key, f"{label}/head{k}", n) for k in range(heads)]
+        return PairTransform(np.stack([p.scale for p in per]), np.stack([p.theta for p in per]), head)
     scale = key.scales(f"{label}/pairs", n, *G.LINEAR_RANGE)
     theta = 2 * np.pi * key._uniform(f"{label}/pairs", "angles", n)
     return PairTransform(scale, theta)
@@ -113,41 +120,49 @@ def _contains(t: L.Term, f: int) -> bool:
     return any(v.uid == f for v in L.free_vars(t))
 
 
-def _on_site(a: np.ndarray, terms: list[L.Term], f: int, fn) -> np.ndarray:
+def _on_site(a: np.ndarray, terms: list[L.Term], f: int, fn, head: int | None = None) -> np.ndarray:
     """``fn(halves)`` applied at the site of f: halves is the array with the site's two
-    halves as axis -2 (size 2) and the pair index as axis -1; fn returns the same shape."""
+    halves as axis -2 (size 2) and the pair index as axis -1 (with ``head``: that class's
+    axis as -3); fn returns the same shape. Kron factors become axes of their own; a Cat
+    holding f (other than the site) is narrowed to its part holding f."""
     terms = [L.resolve(t) for t in terms]
     for i, t in enumerate(terms):
-        if is_site(t) == f:
-            n = t.size // 2
-            b = a.reshape(a.shape[:i] + (2, n) + a.shape[i + 1:])
-            b = np.moveaxis(b, (i, i + 1), (-2, -1))
-            b = fn(b)
-            return np.moveaxis(b, (-2, -1), (i, i + 1)).reshape(a.shape)
-    for i, t in enumerate(terms):
-        if isinstance(t, L.Kron) and _contains(t, f):
+        if isinstance(t, L.Kron):
             sizes = tuple(x.size for x in t.factors)
             b = a.reshape(a.shape[:i] + sizes + a.shape[i + 1:])
-            return _on_site(b, terms[:i] + list(t.factors) + terms[i + 1:], f, fn).reshape(a.shape)
+            return _on_site(b, terms[:i] + list(t.factors) + terms[i + 1:], f, fn, head).reshape(a.shape)
     for i, t in enumerate(terms):
-        if isinstance(t, L.Cat) and _contains(t, f):
+        if isinstance(t, L.Cat) and is_site(t) != f and _contains(t, f):
             cuts = np.cumsum([p.size for p in t.parts])[:-1]
             pieces = np.split(a, cuts, axis=i)
-            out = [_on_site(x, terms[:i] + [p] + terms[i + 1:], f, fn) if _contains(p, f) else x
+            out = [_on_site(x, terms[:i] + [p] + terms[i + 1:], f, fn, head) if _contains(p, f) else x
                    for x, p in zip(pieces, t.parts)]
             return np.concatenate(out, axis=i)
-    raise AssertionError("no pair site of this variable")
+    i = next((k for k, t in enumerate(terms) if is_site(t) == f), None)
+    if i is None:
+        raise AssertionError("no pair site of this variable")
+    n = terms[i].size // 2
+    b = a.reshape(a.shape[:i] + (2, n) + a.shape[i + 1:])
+    src, dst = [i, i + 1], [-2, -1]
+    if head is not None:
+        k = next((j for j, t in enumerate(terms) if isinstance(t, L.Var) and t.uid == head), None)
+        if k is None:
+            raise AssertionError("pair site without its head axis")  # assign_heads rules this out
+        src, dst = [k + (1 if k > i else 0)] + src, [-3] + dst
+    b = fn(np.moveaxis(b, src, dst))
+    return np.moveaxis(b, dst, src).reshape(a.shape)
 
 
-def apply(a: np.ndarray, terms: list[L.Term], f: int, blocks: np.ndarray) -> np.ndarray:
-    """Pair i of the site of f multiplied by blocks[i] (row vectors)."""
+def apply(a: np.ndarray, terms: list[L.Term], f: int, blocks: np.ndarray, head: int | None = None) -> np.ndarray:
+    """Pair i of the site of f multiplied by blocks[i] (row vectors); with ``head``,
+    blocks[k, i] at plain index k of the head class."""
     def fn(b):
         x0, x1 = b[..., 0, :], b[..., 1, :]
-        y0 = x0 * blocks[:, 0, 0] + x1 * blocks[:, 1, 0]
-        y1 = x0 * blocks[:, 0, 1] + x1 * blocks[:, 1, 1]
+        y0 = x0 * blocks[..., 0, 0] + x1 * blocks[..., 1, 0]
+        y1 = x0 * blocks[..., 0, 1] + x1 * blocks[..., 1, 1]
         return np.stack([y0, y1], axis=-2)
 
-    return _on_site(a, terms, f, fn)
+    return _on_site(a, terms, f, fn, head)
 
 
 def halves_equal(a: np.ndarray, terms: list[L.Term], f: int) -> bool:
@@ -334,6 +349,7 @@ def solve(comp, model: ir.Model) -> None:
         comp.pair_maps.setdefault(n[0], []).append((n[1], e, draws[root], root))
         if isinstance(n[0], ir.Value) and n[0].is_initializer():
             next(i for i in comp.pair_info if i["root"] == root)["tensors"].append(n[0].name)
+    assign_heads(comp, model, s)
 
 
 def _vars_named(comp, node):
@@ -342,15 +358,78 @@ def _vars_named(comp, node):
     return [v for t in terms or [] for v in L.free_vars(t)]
 
 
-def value_maps(comp, value) -> list[tuple[int, np.ndarray]]:
-    """(f, blocks) for each pair transform on ``value`` (an initializer)."""
-    return [(f, tr.blocks(e)) for f, e, tr, _root in getattr(comp, "pair_maps", {}).get(value, [])]
+def value_maps(comp, value) -> list[tuple[int, np.ndarray, int | None]]:
+    """(f, blocks, head) for each pair transform on ``value`` (an initializer)."""
+    return [(f, tr.blocks(e), tr.head) for f, e, tr, _root in getattr(comp, "pair_maps", {}).get(value, [])]
 
 
 def transform(comp, value, array: np.ndarray, terms) -> np.ndarray:
-    for f, blocks in value_maps(comp, value):
-        array = apply(array, terms, f, blocks)
+    for f, blocks, head in value_maps(comp, value):
+        array = apply(array, terms, f, blocks, head)
     return array
+
+
+def assign_heads(comp, model: ir.Model, s: PairSolver) -> None:
+    """Give a component one map per KV head where ``structured``'s conditions hold with
+    the pair variable in the role of the class: every node touching the component's
+    transformed tensors has a head statement (rules/head_groups) accepting the head
+    class, every initializer and state tensor of it holds the head once in the site's
+    piece; the head's own transform is narrowed to at most DIAGONAL."""
+    from eeonnx.compiler import structured as S
+    from eeonnx.compiler.rules import head_groups
+
+    by_root: dict = {}
+    for key, maps in comp.pair_maps.items():
+        for f, e, tr, root in maps:
+            by_root.setdefault(root, {})[key] = (f, e, tr)
+    if not by_root:
+        return
+    live_at: dict = {}  # root -> [(node, live operands, f)]
+    blocked: set = set()
+    for node in model.graph:
+        ops = S._operands(comp, node)
+        for root, keys in by_root.items():
+            live = [(k, t, w) for k, t, w in ops if k in keys]
+            if not live:
+                continue
+            if head_groups.lookup(node) is None:
+                blocked.add(root)
+            live_at.setdefault(root, []).append((node, live, keys[live[0][0]][0]))
+    for root, keys in by_root.items():
+        if root in blocked:
+            continue
+        cands = None
+        for key, (f, _e, _tr) in keys.items():
+            terms = comp.analysis.known(key) if isinstance(key, ir.Value) else None
+            if terms is None:
+                cands = set()
+                break
+            here = S.heads_in(terms, f)
+            cands = here if cands is None else cands & here
+        ok = []
+        for h in sorted(cands or (), key=lambda u: (-comp.classes[u].size, comp.classes[u].label)
+                        if u in comp.classes else (0, "")):
+            if h not in comp.classes or isinstance(comp.transforms.get(h), S.HeadTransform):
+                continue
+            if all(head_groups.lookup(node)(node, live, f, h) for node, live, f in live_at.get(root, [])):
+                ok.append(h)
+        if not ok:
+            continue
+        h, hc = ok[0], comp.classes[ok[0]]
+        info = next(i for i in comp.pair_info if i["root"] == root)
+        tr = draw(comp.key, info["label"], info["size"], h, hc.size)
+        info["head"] = hc.name
+        for key, maps in comp.pair_maps.items():
+            comp.pair_maps[key] = [(f, e, tr if r == root else t, r) for f, e, t, r in maps]
+        htr = comp.transforms.get(h)
+        if htr is not None and htr.group not in (G.PERMUTATION, G.DIAGONAL):
+            narrow = G.DIAGONAL if G.DIAGONAL in htr.group.subgroups() else G.PERMUTATION
+            new = G.draw(comp.key, hc.label, hc.size, narrow)
+            if new is None:
+                comp.transforms.pop(h)
+            else:
+                comp.transforms[h] = new
+            hc.group, hc.why = narrow.name, "the head of a per-head pair map"
 
 
 def settle_wires(comp, model: ir.Model, wire_names) -> None:
@@ -375,5 +454,6 @@ def describe(comp) -> str:
     out = []
     for i in getattr(comp, "pair_info", []):
         t = ", ".join(i["tensors"][:3]) + (f" +{len(i['tensors']) - 3} more" if len(i["tensors"]) > 3 else "")
-        out.append(f"pairs[{i['size']}] (Cat(f, f)): {PAIRS.name} in {t}")
+        per = f", one map per index of {i['head']}" if i.get("head") else ""
+        out.append(f"pairs[{i['size']}] (Cat(f, f)): {PAIRS.name}{per} in {t}")
     return "\n".join(out)
