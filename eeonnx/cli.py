@@ -146,13 +146,17 @@ def main(debug: bool) -> None:
               help="With --max-leak: calibration images (PNG/JPEG folder) instead of the bundled samples.")
 @click.option("--text", "plan_text", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="With --max-leak: calibration text files (tokenized with --tokenizer).")
+@click.option("--keep-names", is_flag=True,
+              help="Debugging aid: keep the original tensor/node names in server/model.onnx. They tell the "
+                   "server which model it runs (e.g. bert.encoder.layer.0...); by default they are opaque "
+                   "(x0, w3, n7) and client/manifest.json's server_names holds the map.")
 @click.option("--strict", is_flag=True, help="Fail instead of pinning any weight axis to the identity.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT (atomically).")
 @click.option("--verify/--no-verify", "do_verify", default=False, help="Run a golden check after writing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, split_at, allow_weak,
                 tokenizer, server_state, transforms_mode, allow_rounding, max_leak, plan_images, plan_text,
-                strict, force, do_verify, quiet):
+                keep_names, strict, force, do_verify, quiet):
     """Compile MODEL into an encrypted server model plus client files.
 
     \b
@@ -179,7 +183,7 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
                          split_at=split_at, allow_weak=allow_weak, tokenizer=tokenizer,
                          server_state=server_state, transforms=transforms_mode,
                          allow_rounding=allow_rounding, max_leak=max_leak, images=plan_images,
-                         text=plan_text, quiet=quiet or not sys.stderr.isatty())
+                         text=plan_text, keep_names=keep_names, quiet=quiet or not sys.stderr.isatty())
     if not quiet:
         click.echo(report.compile_summary(comp, out, time.perf_counter() - t0))
     if do_verify:

@@ -11,7 +11,8 @@ inputs, and asserts
 - without a split: encode/decode only permute (positions, or the values of token ids);
   with a split: every content tensor on the wire has the requested key bits,
 - at least one server initializer differs byte-wise from the original, and every
-  server initializer that has an original namesake holds the same values (permuted),
+  server initializer that stands for an original one (the manifest's ``server_names``)
+  holds the same values (permuted),
 - the server graph is the normalized model's graph (same nodes, op types, attributes),
   less the nodes a split moved to the client,
 - the artifact contract: encode inputs are the model's inputs, decode outputs its
@@ -374,6 +375,55 @@ def assert_in_group(group: str, t, what: str = "") -> None:
             f"class {what}: orthogonal factor is not orthogonal"
 
 
+# --------------------------------------------------------------------------
+# server names: by default the server model's names are opaque (x0, w3, t7, n2);
+# the manifest's "server_names" maps original value names to them
+# --------------------------------------------------------------------------
+def _artifact_dir(out_or_comp) -> Path:
+    return Path(getattr(out_or_comp, "out", None) or out_or_comp)
+
+
+def _manifest(out_or_comp) -> dict:
+    with open(_artifact_dir(out_or_comp) / "client" / "manifest.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def server_names(out_or_comp) -> dict[str, str]:
+    """original value name -> server name (the identity for names an artifact kept)."""
+    return _manifest(out_or_comp).get("server_names", {})
+
+
+def server_name(out_or_comp, original: str) -> str:
+    """The server model's name of an original value (input, output, initializer, activation)."""
+    return server_names(out_or_comp).get(original, original)
+
+
+def original_name(out_or_comp, server: str) -> str:
+    """The original name of a server value (inverse of :func:`server_name`)."""
+    inverse = {v: k for k, v in server_names(out_or_comp).items()}
+    return inverse.get(server, server)
+
+
+def original_names(out_or_comp, servers) -> list[str]:
+    """The original names of a list of server names (e.g. the manifest's ``server_inputs``)."""
+    inverse = {v: k for k, v in server_names(out_or_comp).items()}
+    return [inverse.get(n, n) for n in servers]
+
+
+def server_weights(out_or_comp) -> dict[str, np.ndarray]:
+    """The server model's initializers and Constant values, keyed by their ORIGINAL names."""
+    inverse = {v: k for k, v in server_names(out_or_comp).items()}
+    srv = onnx.load(_artifact_dir(out_or_comp) / "server" / "model.onnx")
+    return {inverse.get(n, n): a for n, a in original_tensors(srv).items()}
+
+
+def server_tensor(out_or_comp, original: str) -> np.ndarray:
+    """The server's (transformed) tensor that stands for the original initializer ``original``."""
+    weights = server_weights(out_or_comp)
+    assert original in weights, f"no server tensor for '{original}'"
+    return weights[original]
+
+
 def normalized_proto(model: onnx.ModelProto, dims=None) -> onnx.ModelProto:
     """The original model after eeonnx's normalize pass (independently of a compile)."""
     from eeonnx.compiler.passes import load, normalize
@@ -421,7 +471,7 @@ def _types(vis) -> list[int]:
 
 
 def _node_sig(n: onnx.NodeProto, inner: bool = False):
-    """op, domain, attributes; a subgraph attribute by its nodes' signatures (its
+    """op, domain, attributes (tensor values without their names); a subgraph attribute by its nodes' signatures (its
     weights are permuted on the server: tensors inside compare by type and shape)."""
     def attr(a):
         if a.type == onnx.AttributeProto.GRAPH:
@@ -430,6 +480,9 @@ def _node_sig(n: onnx.NodeProto, inner: bool = False):
             return repr([[_node_sig(m, True) for m in g.node] for g in a.graphs])
         if inner and a.type == onnx.AttributeProto.TENSOR:
             return repr((a.t.data_type, list(a.t.dims)))
+        if a.type == onnx.AttributeProto.TENSOR:  # the tensor's name is not part of the function
+            a = copy.deepcopy(a)               # (the server's are cleared: see anonymize)
+            a.t.name = ""
         return a.SerializeToString()
     return (n.op_type, n.domain or "", sorted((a.name, attr(a)) for a in n.attribute))
 
@@ -505,7 +558,7 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     assert _types(dec_proto.graph.output) == _types(model.graph.output)
     # encode outputs line up with the server's (non-state) inputs, server outputs with decode
     # inputs, by position (a graph cannot use one name as input and output, so names may differ)
-    state = {n for s in manifest.get("state", []) for n in (s["input"], s["output"])}
+    state = {n for s in manifest.get("state", []) for n in (s["server_input"], s["server_output"])}
     srv_in = [i for i in real_inputs(srv_proto) if i.name not in state]
     srv_out = [o for o in srv_proto.graph.output if o.name not in state]
     assert [i.name for i in srv_in] == client.server_inputs
@@ -565,7 +618,7 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     # -- the weights are permuted, only permuted --------------------------------
     orig_t = original_tensors(model)
     changed, matched = [], 0
-    for name, s in original_tensors(srv_proto).items():  # initializers and Constant values
+    for name, s in server_weights(out).items():  # initializers and Constant values, by original name
         if name not in orig_t:
             continue
         matched += 1

@@ -50,7 +50,7 @@ from eeonnx.errors import EEError
 from eeonnx.compiler.keys import Key
 from fuzz_graphs import FuzzGraph, graphs, validate
 from helpers import (G, classes_of, compile_plain, normalized_proto, original_tensors, random_feeds, roundtrip,
-                     run_original, drawn_identity, LUCKY_SPACE)
+                     run_original, drawn_identity, server_name, server_names, LUCKY_SPACE)
 
 RTOL = 1e-4  # helpers.roundtrip's default
 FAST_EXAMPLES = 600
@@ -87,36 +87,38 @@ def check_honest(rt, model: onnx.ModelProto) -> None:
     index = comp.weight_index
     srv = onnx.load(rt.out / "server" / "model.onnx")
     orig = original_tensors(model)
+    inverse = {v: k for k, v in server_names(rt.out).items()}  # the server's names are opaque
     for t in srv.graph.initializer:
-        if t.name not in orig:
+        name = inverse.get(t.name, t.name)
+        if name not in orig:
             continue
-        s, o = numpy_helper.to_array(t), orig[t.name]
+        s, o = numpy_helper.to_array(t), orig[name]
         want = o
-        for axis, p in enumerate(index.get(t.name, [])):
+        for axis, p in enumerate(index.get(name, [])):
             if p is not None:
                 want = np.take(want, p, axis=axis)
-        assert np.array_equal(s, want), f"initializer '{t.name}' is not the original permuted by its index arrays"
-        layout = spec.get(t.name, [])
+        assert np.array_equal(s, want), f"initializer '{name}' is not the original permuted by its index arrays"
+        layout = spec.get(name, [])
         secret = [a for a, lay in enumerate(layout) if classes_of(lay)]
         # uniform draws make a small class the identity by chance (a 2-class half of the time):
         # then, and only then, its axis may stay unpermuted
         lucky = [a for a in secret if _drew_identity(comp, layout[a])]
         for a in secret:
-            assert a in lucky or (t.name in index and index[t.name][a] is not None), \
-                f"spec shows '{t.name}' axis {a} secret ({layout[a]}), but it is not permuted"
+            assert a in lucky or (name in index and index[name][a] is not None), \
+                f"spec shows '{name}' axis {a} secret ({layout[a]}), but it is not permuted"
         if secret and len(lucky) < len(secret) and np.unique(o).size == o.size:  # (repeated values may stay)
-            assert s.tobytes() != o.tobytes(), f"'{t.name}' has secret axes {layout} but is unchanged"
+            assert s.tobytes() != o.tobytes(), f"'{name}' has secret axes {layout} but is unchanged"
     assert comp.key_bits > 0
     man = rt.manifest
     for c in comp.inputs:  # encode applies exactly the crossing's permutations
-        x, e = np.asarray(rt.feeds[c.name]), rt.encoded[c.wire_name]
+        x, e = np.asarray(rt.feeds[c.name]), rt.encoded[server_name(rt.out, c.wire_name)]
         assert np.array_equal(e, _encrypt(x, c)), f"encode of '{c.name}' is not its layout {c.layout}"
         if np.issubdtype(x.dtype, np.floating):  # random floats: any real permutation moves them
             assert c.secret_axes and not c.clear, f"float input '{c.name}' crosses in the clear"
             assert drawn_identity(c) or not np.array_equal(e, x), \
                 f"input '{c.name}' has secret axes but encode left it unchanged"
     for c in comp.outputs:  # decode inverts exactly the crossing's permutations
-        s, d = rt.server[c.wire_name], rt.decoded[c.name]
+        s, d = rt.server[server_name(rt.out, c.wire_name)], rt.decoded[c.name]
         assert np.array_equal(s, _encrypt(d, c)), f"decode of '{c.name}' does not invert its layout {c.layout}"
         assert c.encrypted and not c.clear, f"output '{c.name}' crosses in the clear"
     assert [c["name"] for c in man["inputs"]] == [c.name for c in comp.inputs]

@@ -106,9 +106,10 @@ def test_manifest_state_pairs(artifact, name):
         assert s["empty_shape"] == ["batch", kv_heads, 0, 16]
         assert s["dtype"] == "float"
         # state stays on the server: not in the client's encode/decode contract
-        assert s["input"] not in m["server_inputs"] and s["output"] not in m["server_outputs"]
-        assert s["input"] in server.input_names and s["output"] in server.output_names
-    assert m["server_outputs"] == ["logits"]
+        assert s["server_input"] not in m["server_inputs"] and s["server_output"] not in m["server_outputs"]
+        assert s["server_input"] in server.input_names and s["server_output"] in server.output_names
+        assert m["server_names"][s["input"]] == s["server_input"]  # opaque, the manifest maps it
+    assert [k for k, v in m["server_names"].items() if v in m["server_outputs"]] == ["logits"]
 
 
 @pytest.mark.parametrize("name", PLAIN_MODELS)

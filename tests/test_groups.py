@@ -20,7 +20,7 @@ from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 from eeonnx.compiler.keys import Key
 from tests.helpers import G as Builder
-from tests.helpers import assert_close, random_feeds
+from tests.helpers import assert_close, random_feeds, server_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["CPUExecutionProvider"]
@@ -148,9 +148,8 @@ def _check_artifact(model_path: Path, out: Path, comp, feeds: dict, rtol: float 
     got = _encrypted_run(out, feeds)
     for g, w, o in zip(got, want, original.graph.output):
         assert_close(g, w, rtol, o.name)
-    server = onnx.load(out / "server" / "model.onnx")
     orig = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
-    srv = {t.name: numpy_helper.to_array(t) for t in server.graph.initializer}
+    srv = server_weights(out)  # by original name
     axes = _transformed_axes(comp)
     assert axes, "no weight got a continuous transform"
     for name, ax in axes.items():
@@ -186,8 +185,7 @@ def test_cnn_batchnorm_keeps_its_statistics_unscaled(tmp_path):
     feeds = random_feeds(onnx.load(path), {})
     _check_artifact(path, tmp_path / "out", comp, feeds)
     orig = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
-    srv = {t.name: numpy_helper.to_array(t)
-           for t in onnx.load(tmp_path / "out" / "server" / "model.onnx").graph.initializer}
+    srv = server_weights(tmp_path / "out")  # by original name
     scaled = 0
     for name in orig:
         if name.endswith(".mean") or name.endswith(".var"):
@@ -218,7 +216,7 @@ def test_kv_cache_model_generates_the_same_tokens(tmp_path):
         want.append(tok)
         ids.append(tok)
     assert list(client.generate(server, [5, 17, 42, 99], max_new_tokens=6)) == want
-    srv = {t.name: numpy_helper.to_array(t) for t in onnx.load(out / "server" / "model.onnx").graph.initializer}
+    srv = server_weights(out)  # by original name
     orig = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
     for name, axes in _transformed_axes(comp).items():
         if name in srv:

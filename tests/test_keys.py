@@ -7,13 +7,11 @@ import os
 import stat
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from eeonnx.errors import KeyFileError
 from eeonnx.compiler.keys import KEY_FORMAT, Key, write_key
-from helpers import G, compile_plain, roundtrip, same_artifact_file
+from helpers import G, compile_plain, roundtrip, same_artifact_file, server_weights
 
 
 def small_model():
@@ -34,10 +32,6 @@ def _read(path):
 
 def _same_artifact(a, b, rel):
     return same_artifact_file(a, b, rel)
-
-
-def _inits(path):
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
 
 
 ARTIFACT_FILES = ("server/model.onnx", "client/encode.onnx", "client/decode.onnx", "client/manifest.json",
@@ -93,7 +87,7 @@ def test_fresh_key_rekeys_everything(model, tmp_path):
     ka = json.loads(_read(tmp_path / "a" / "client" / "key.json"))["secret"]
     kb = json.loads(_read(tmp_path / "b" / "client" / "key.json"))["secret"]
     assert ka != kb
-    wa, wb = _inits(tmp_path / "a" / "server" / "model.onnx"), _inits(tmp_path / "b" / "server" / "model.onnx")
+    wa, wb = server_weights(tmp_path / "a"), server_weights(tmp_path / "b")  # by original name
     assert wa.keys() == wb.keys()
     differing = [n for n in wa if not np.array_equal(wa[n], wb[n])]
     # every permuted weight of this model (all conv weights and biases) is permuted differently

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import eeonnx
 from eeonnx.compiler import storage as S
-from helpers import G, classes_of, is_secret, roundtrip
+from helpers import G, classes_of, is_secret, original_names, roundtrip, server_weights
 
 MS = ("com.microsoft", 1)
 
@@ -202,7 +202,7 @@ def test_matmul_nbits_repacks_blocks(tmp_path, k, block, symmetric):
     assert classes_of(writer) == classes_of(k_layout)
     assert is_secret(spec[b][0])
     # the server's B differs from the original and holds the same nibbles
-    srv = {t.name: numpy_helper.to_array(t) for t in onnx.load(rt.out / "server" / "model.onnx").graph.initializer}
+    srv = server_weights(rt.out)  # by original name
     orig = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
     assert not np.array_equal(srv[b], orig[b])
     nib = lambda a: np.sort(np.concatenate([a.reshape(-1) & 15, a.reshape(-1) >> 4]))  # noqa: E731
@@ -245,7 +245,7 @@ def test_split_output_read_by_later_client_layers(tmp_path):
     g.output("y2")
     rt = roundtrip(g.build(), tmp_path, full=True, split="auto", min_key_bits=10, split_at=["out:a"])
     assert rt.manifest["split"]["client_suffix_nodes"] == 3
-    assert rt.manifest["server_outputs"] == ["a"]
+    assert original_names(rt.out, rt.manifest["server_outputs"]) == ["a"]
 
 
 def test_split_of_a_qdq_model_cuts_at_quantized_tensors(tmp_path):
@@ -254,9 +254,10 @@ def test_split_of_a_qdq_model_cuts_at_quantized_tensors(tmp_path):
     client's DQ -> Conv -> Q fuses as in the original (bit-exact)."""
     model = _qdq_cnn(True)
     rt = roundtrip(model, tmp_path, full=True, split="auto", min_key_bits=10, rtol=1e-5)
-    wires = rt.manifest["server_inputs"] + rt.manifest["server_outputs"]
+    wires = original_names(rt.out, rt.manifest["server_inputs"] + rt.manifest["server_outputs"])
     weights = {t.name for t in model.graph.initializer}
     produced = {o: n for n in model.graph.node for o in n.output}
+    assert wires and all(w in produced or w in {i.name for i in model.graph.input} for w in wires)
     for w in wires:
         p = produced.get(w)
         assert p is None or not all(i in weights for i in p.input), f"{w} is computed from weights only"

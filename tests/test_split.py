@@ -7,7 +7,7 @@ import pytest
 
 import eeonnx
 from eeonnx.errors import ClearBoundaryError, EEError
-from helpers import G, roundtrip, sandwich
+from helpers import G, original_names, roundtrip, sandwich, server_name
 
 pytestmark = pytest.mark.skipif("split" not in eeonnx.compile.__code__.co_varnames,
                                 reason="this eeonnx has no client split")
@@ -29,7 +29,8 @@ def test_auto_split_moves_the_weak_layers(tmp_path):
     assert _server_ops(rt) == ["Relu"]
     assert all(b >= 10 for b in s["wire_bits"].values()), s
     # what crosses the wire are the Relu's input and output, permuted on 8 channels
-    assert rt.manifest["server_inputs"] == ["conv1_out"] and rt.manifest["server_outputs"] == ["the_relu_out"]
+    assert original_names(rt.out, rt.manifest["server_inputs"]) == ["conv1_out"]
+    assert original_names(rt.out, rt.manifest["server_outputs"]) == ["the_relu_out"]
     (x,) = rt.encoded.values()
     assert x.shape == (1, 8, 4, 4)
 
@@ -120,7 +121,8 @@ def test_rgb_cnn_default_split(tmp_path):
     assert s["mode"] == "auto" and s["min_key_bits"] == 128
     assert s["client_prefix_nodes"] >= 1 and s["client_suffix_nodes"] >= 1, s
     assert s["wire_bits"] and all(b >= 128 for b in s["wire_bits"].values()), s
-    assert set(s["wire_bits"]) == set(rt.manifest["server_inputs"]) | set(rt.manifest["server_outputs"])
+    wires = original_names(rt.out, rt.manifest["server_inputs"] + rt.manifest["server_outputs"])
+    assert set(s["wire_bits"]) == set(wires)
     # the stem conv runs in encode.onnx, the classifier in decode.onnx
     assert "Conv" in _ops(rt.out / "client" / "encode.onnx")
     assert "Gemm" in _ops(rt.out / "client" / "decode.onnx")
@@ -156,7 +158,8 @@ def test_rgb_cnn_no_threshold_no_split(tmp_path):
     rt = roundtrip(rgb_cnn(), tmp_path, full=True, split="auto", min_key_bits=0)
     s = rt.manifest["split"]
     assert s["client_prefix_nodes"] == s["client_suffix_nodes"] == 0
-    assert rt.manifest["server_inputs"] == ["image"] and rt.manifest["server_outputs"] == ["logits"]
+    assert original_names(rt.out, rt.manifest["server_inputs"]) == ["image"]
+    assert original_names(rt.out, rt.manifest["server_outputs"]) == ["logits"]
     assert s["wire_bits"] == {"image": pytest.approx(2.6), "logits": pytest.approx(21.8)}
 
 
@@ -164,19 +167,19 @@ def test_rgb_cnn_split_at_by_hand(tmp_path):
     """Cut after the stem's Relu (one node further than auto) and before the head."""
     rt = roundtrip(rgb_cnn(), tmp_path / "a", full=True, split="auto",
                    split_at=("in:stem_out", "out:flatten_out"))
-    assert rt.manifest["server_inputs"] == ["stem_out"]
+    assert original_names(rt.out, rt.manifest["server_inputs"]) == ["stem_out"]
     assert rt.manifest["split"]["client_prefix_nodes"] == 1
     rt = roundtrip(rgb_cnn(), tmp_path / "b", full=True, split="auto",
                    split_at=("in:stem_relu_out", "out:flatten_out"))
-    assert rt.manifest["server_inputs"] == ["stem_relu_out"]
-    assert rt.manifest["server_outputs"] == ["flatten_out"]
+    assert original_names(rt.out, rt.manifest["server_inputs"]) == ["stem_relu_out"]
+    assert original_names(rt.out, rt.manifest["server_outputs"]) == ["flatten_out"]
     assert rt.manifest["split"]["client_prefix_nodes"] == 2
     assert _ops(rt.out / "client" / "encode.onnx")[-2:] == ["Conv", "Relu"]
 
 
 def test_rgb_cnn_split_at_input_side_only(tmp_path):
     rt = roundtrip(rgb_cnn(), tmp_path, full=True, split="auto", split_at=("in:stem_out",))
-    assert rt.manifest["server_inputs"] == ["stem_out"]
+    assert original_names(rt.out, rt.manifest["server_inputs"]) == ["stem_out"]
 
 
 def test_narrow_model_no_split_reaches_the_threshold(tmp_path):
@@ -220,5 +223,6 @@ def test_integer_structure_inputs_are_public(tmp_path):
     assert s["client_prefix_nodes"] == s["client_suffix_nodes"] == 0
     assert set(s["public_structure"]) == {"mask", "pos", "segment"}, s
     assert set(s["wire_bits"]) == {"ids", "y"} and all(b >= 128 for b in s["wire_bits"].values())
-    assert np.array_equal(rt.encoded["mask"], feeds["mask"]) and np.array_equal(rt.encoded["pos"], feeds["pos"])
-    assert not np.array_equal(rt.encoded["ids"], feeds["ids"])
+    sent = {n: rt.encoded[server_name(rt.out, n)] for n in ("mask", "pos", "ids")}
+    assert np.array_equal(sent["mask"], feeds["mask"]) and np.array_equal(sent["pos"], feeds["pos"])
+    assert not np.array_equal(sent["ids"], feeds["ids"])

@@ -14,10 +14,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
 import eeonnx
-from helpers import CPU, assert_close, classes_of, original_tensors, same_artifact_file
+from helpers import CPU, assert_close, classes_of, original_tensors, same_artifact_file, server_name, server_weights
 
 FIXTURES = Path(__file__).resolve().parents[1] / "models" / "fixtures"
 VOCAB = 320  # every language fixture (models/fixtures/README.md)
@@ -149,7 +148,7 @@ def test_roundtrip_two_sizes(compiled, name):
 
         # ids travel encrypted by value
         if "input_ids" in feeds:
-            e = enc["input_ids"]
+            e = enc[server_name(c.out, "input_ids")]
             assert e.shape == feeds["input_ids"].shape and e.dtype == np.int64
             assert not np.array_equal(e, feeds["input_ids"]), "token ids reach the server unchanged"
             assert e.min() >= 0 and e.max() < VOCAB
@@ -169,17 +168,17 @@ def test_roundtrip_two_sizes(compiled, name):
 def test_server_weights_are_permuted(compiled, name):
     c = compiled(name)
     orig = original_tensors(c.model)
-    served_names = {t.name for t in c.server_proto.graph.initializer}
-    biggest = max((t for t in c.model.graph.initializer if t.name in served_names), key=lambda t: np.prod(t.dims))
+    served = server_weights(c.out)  # by original name (the server's names are opaque)
+    biggest = max((t for t in c.model.graph.initializer if t.name in served), key=lambda t: np.prod(t.dims))
     changed = []
-    for t in c.server_proto.graph.initializer:
-        if t.name not in orig:
+    for name, s in served.items():
+        if name not in orig:
             continue
-        s, o = numpy_helper.to_array(t), orig[t.name]
-        assert s.shape == o.shape and s.dtype == o.dtype, t.name
-        assert np.array_equal(np.sort(s, axis=None), np.sort(o, axis=None)), f"'{t.name}': not a permutation"
+        o = orig[name]
+        assert s.shape == o.shape and s.dtype == o.dtype, name
+        assert np.array_equal(np.sort(s, axis=None), np.sort(o, axis=None)), f"'{name}': not a permutation"
         if s.tobytes() != o.tobytes():
-            changed.append(t.name)
+            changed.append(name)
     assert len(changed) >= 4, f"{name}: only {changed} differ from the originals"
     assert biggest.name in changed, f"{name}: the largest weight '{biggest.name}' is not permuted"
     assert c.manifest["coverage"]["share"] > 0.8
@@ -342,7 +341,7 @@ def test_gpt2_tied_embedding_shares_the_vocab_class(compiled):
     assert ids["value_layout"] == logits["layout"][2] == f"{vocab}[{VOCAB}]"
     # decode un-permutes logits with the inverse of the map encode applies to ids
     feeds = {"input_ids": np.arange(VOCAB, dtype=np.int64)[None], "attention_mask": np.ones((1, VOCAB), np.int64)}
-    id_map = c.client.encode(feeds)["input_ids"][0]
+    id_map = c.client.encode(feeds)[server_name(c.out, "input_ids")][0]
     assert sorted(id_map.tolist()) == list(range(VOCAB)) and not np.array_equal(id_map, np.arange(VOCAB))
     assert np.array_equal(c.client.id_map(), id_map)
     # position rows are public, columns are d_model
@@ -410,10 +409,10 @@ def test_client_tokenizer(tmp_path, name, tok):
         feeds = {k: v for k, v in feeds.items() if k in in_names}
         encoded = client.encode(feeds)
         got = enc_tok.encode(text).ids
-        assert got == encoded["input_ids"][0].tolist(), text
+        assert got == encoded[server_name(out, "input_ids")][0].tolist(), text
         differ += got != ids
         # the client tokenizer's ids are server-ready: feed them as they are
-        served = server.run({**encoded, "input_ids": np.array([got], np.int64)})
+        served = server.run({**encoded, server_name(out, "input_ids"): np.array([got], np.int64)})
         want = original.run(None, feeds)
         for o, w in zip(client.decode(served).values(), want):
             assert_close(o, w, 1e-4, what=text)

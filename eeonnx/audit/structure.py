@@ -36,19 +36,41 @@ def proto_exposures(p) -> list[dict]:
         if getattr(p, field):
             out.append({"kind": "metadata", "detail": f"model {field} kept: {getattr(p, field)[:60]!r}",
                         "items": [field]})
-    if p.graph.doc_string or WORDS.search(p.graph.name or ""):
+    if p.graph.doc_string or WORDS.search(p.graph.name or "") and p.graph.name != SERVER_GRAPH_NAME:
         out.append({"kind": "metadata", "detail": f"graph name/doc string kept: {p.graph.name[:60]!r}",
                     "items": ["graph"]})
-    names = [t.name for t in p.graph.initializer] + [n.name for n in p.graph.node if n.name]
-    names += [o for n in p.graph.node for o in n.output]
+    graphs = list(_graphs(p.graph))
+    names = [v.name for v in list(p.graph.input) + list(p.graph.output)]
+    for g in graphs:
+        names += [t.name for t in g.initializer] + [n.name for n in g.node if n.name]
+        names += [o for n in g.node for o in n.output] + [v.name for v in g.value_info]
+        names += [g.name] if g is not p.graph else []
     wordy = sorted({n for n in names if WORDS.search(n)})
     if wordy:
         out.append({"kind": "names", "detail": f"{len(wordy)} tensor/node names carry words "
                     f"(e.g. {', '.join(repr(n) for n in wordy[:3])})", "items": wordy[:50]})
-    docs = sum(1 for n in p.graph.node if n.doc_string)
+    docs = sum(1 for g in graphs for n in g.node if n.doc_string)
     if docs:
         out.append({"kind": "metadata", "detail": f"{docs} node doc strings kept", "items": []})
+    meta = sum(len(x.metadata_props) for g in graphs
+               for x in [g, *g.node, *g.initializer, *g.value_info, *g.input, *g.output])
+    if meta:  # dynamo exports: module paths, class hierarchies, stack traces
+        out.append({"kind": "metadata", "detail": f"{meta} node/value/graph metadata entries kept", "items": []})
     return out
+
+
+SERVER_GRAPH_NAME = "server"  # the main graph's name in every eeonnx server model (says nothing)
+
+
+def _graphs(g):
+    """The graph and its subgraphs (If/Loop/Scan bodies)."""
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.HasField("g"):
+                yield from _graphs(a.g)
+            for sub in a.graphs:
+                yield from _graphs(sub)
 
 
 def _fp(a: np.ndarray) -> str:

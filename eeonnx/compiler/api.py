@@ -9,7 +9,7 @@ from eeonnx.compiler import pipeline
 def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
             split="auto", min_key_bits=128.0, split_at=(), allow_weak=(), tokenizer=None,
             server_state=True, quiet=True, transforms="permutation", allow_rounding=False,
-            max_leak=None, images=None, text=()) -> pipeline.Compilation:
+            max_leak=None, images=None, text=(), keep_names=False) -> pipeline.Compilation:
     """Compile ``model`` (path or ModelProto) into the artifact directory ``out``.
 
     ``key``: path of a key.json to reuse (same key + same model = same artifact).
@@ -32,6 +32,9 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
     ``eeonnx plan``; image correlation or token match above chance) is at most this, measured
     on ``images`` (a folder) / ``text`` (files, with ``tokenizer``) or bundled samples; refused
     when no cut short of running the model on the client reaches it.
+    ``keep_names=True`` keeps the original tensor/node names in the server model (a
+    debugging aid: the names tell the server which model it runs); by default they are
+    opaque (``x0``, ``w3``, ``n7``) and the manifest's ``server_names`` holds the map.
     Raises eeonnx.errors.EEError subclasses on refusal.
     """
     return pipeline.compile_model(model, os.fspath(out), key=key, dims=dims, strict=strict,
@@ -39,7 +42,7 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
                                   min_key_bits=min_key_bits, split_at=split_at, allow_weak=allow_weak,
                                   tokenizer=tokenizer, server_state=server_state, progress=not quiet,
                                   transforms_mode=transforms, allow_rounding=allow_rounding,
-                                  max_leak=max_leak, images=images, text=text)
+                                  max_leak=max_leak, images=images, text=text, keep_names=keep_names)
 
 
 def check(model, *, dims=None, transforms="permutation", allow_rounding=False) -> pipeline.Compilation:

@@ -63,7 +63,9 @@ class Compilation:
     ties: list = field(default_factory=list)  # identical initializers whose classes were unified
     exposed: list = field(default_factory=list)  # classes a public-looking constant gives away: kept identity
     artifact_id: str = field(default_factory=lambda: secrets.token_hex(16))  # random, new per compile
-    server_names: dict = field(default_factory=dict)  # original graph I/O name -> server name (if renamed)
+    out: str = ""  # the artifact directory compile wrote
+    keep_names: bool = False  # --keep-names: the server model keeps the original names (debugging)
+    server_names: dict = field(default_factory=dict)  # original value name -> server name (emit: anonymize)
 
     # -- views -----------------------------------------------------------------
     def show(self, t: L.Term) -> str:
@@ -99,17 +101,18 @@ class Compilation:
 
     def _server_io(self, kind: str) -> list[str]:
         """Non-state server inputs/outputs in order (what encode feeds / decode reads)."""
-        state = {self.server_name(n) for s in self.state for n in (s.input, s.output)}
+        state = {n for s in self.state for n in (s.input, s.output)}
         if self.server_proto is not None:
             g = self.server_proto.graph
             values = [v.name for v in (g.input if kind == "input" else g.output)]
         else:
             g = self.model.graph
             values = [v.name for v in (g.inputs if kind == "input" else g.outputs)]
-        return [n for n in values if n not in state]
+        return [self.server_name(n) for n in values if n not in state]
 
     def server_name(self, name: str) -> str:
-        """The server model's name for an original graph input/output (state included)."""
+        """The server model's name for an original value name (graph I/O, state, initializer):
+        the opaque name emit gave it, or the name itself under ``keep_names``."""
         return self.server_names.get(name, name)
 
     def server_state(self) -> list[dict]:
@@ -137,7 +140,7 @@ class Compilation:
 
     def manifest(self, server_path: str) -> dict:
         def crossing(c):
-            return {"name": c.name, "wire_name": c.wire_name, "dtype": c.dtype, "shape": c.shape,
+            return {"name": c.name, "wire_name": self.server_name(c.wire_name), "dtype": c.dtype, "shape": c.shape,
                     "layout": c.layout, "secret_axes": c.secret_axes, "clear": c.clear,
                     **({"value_layout": c.value_layout, "value_size": int(c.value_index.size)}
                        if c.value_index is not None else {}),
@@ -150,6 +153,8 @@ class Compilation:
             "source": os.path.basename(self.source),
             "key_fingerprint": self.key.fingerprint(),
             "server": {"path": "server/model.onnx", "sha256": _sha256(server_path)},
+            # original value name -> opaque server name (empty with --keep-names): the only copy
+            "server_names": dict(self.server_names),
             "server_inputs": self._server_io("input"),
             "server_outputs": self._server_io("output"),
             "encode": {"inputs": [i.name for i in self.encode_model.graph.input],
@@ -281,16 +286,19 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
                   allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
                   tokenizer=None, server_state=True, progress=False, transforms_mode="permutation",
-                  allow_rounding=False, max_leak=None, images=None, text=()) -> Compilation:
+                  allow_rounding=False, max_leak=None, images=None, text=(), keep_names=False) -> Compilation:
     """Compile ``model`` into the artifact directory ``out``; see the module docstring.
 
     ``max_leak``: place the client split at the cheapest cut whose measured leakage
-    (eeonnx.compiler.plan, on ``images`` / ``text`` or bundled samples) is at most this."""
+    (eeonnx.compiler.plan, on ``images`` / ``text`` or bundled samples) is at most this.
+    ``keep_names``: the server model keeps the original names (debugging; tells the server
+    which model it runs)."""
     emit.check_target(out, force)
     k = Key.load(key) if isinstance(key, (str, os.PathLike)) else key
     original = _pristine(model)
     comp = analyze(model, key=k, dims=dims, allow_clear=allow_clear, server_state=server_state,
                    transforms_mode=transforms_mode, allow_rounding=allow_rounding)
+    comp.keep_names = keep_names
     if comp.key.record_model(comp.model_digest) and k is not None:
         warnings.warn(f"--key {key if isinstance(key, (str, os.PathLike)) else '(given)'} was used on other "
                       f"model(s) before: permutations are bound to each model, so they are unrelated, but "
@@ -331,6 +339,7 @@ def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=F
     else:
         comp.structure_note = "an in-memory ir.Model (no pristine copy)"
     emit.emit(comp, out, force, progress=progress)
+    comp.out = out
     return comp
 
 

@@ -11,7 +11,8 @@ At compile time :func:`record` saves, on the client side only
   (scales, a dense factor, whatever the group's element holds) go to
   ``rekey.npz`` as ``{class}.{field}`` (float64, loaded without pickle);
 - per file (``server/model.onnx``, ``client/encode.onnx``,
-  ``client/decode.onnx``), per initializer that a class touches, either
+  ``client/decode.onnx``), per initializer that a class touches (by its name
+  in that file: the server's are the opaque names of ``anonymize``), either
   ``fold``: the layout term of each axis (the tensor is the plain one
   transformed along each axis, then taken along each axis by the
   materialized term) with ``exp``: the exponent of each continuous class
@@ -264,8 +265,8 @@ def _record(comp) -> tuple[dict, dict[str, np.ndarray]]:
         if exps.get(value):
             entry["exp"] = exps[value]
         for f, held in in_file.items():
-            if name in held:
-                files[f][name] = entry
+            if name in held:  # the server file's tensors under their (opaque) server names
+                files[f][comp.server_name(name) if f == SERVER else name] = entry
     by_name = {v.name: v for v in list(comp.model.graph.inputs) + list(comp.model.graph.outputs)}
     for kind, items, f in (("encode", comp.inputs, ENCODE), ("decode", comp.outputs, DECODE)):
         for i, c in enumerate(items):

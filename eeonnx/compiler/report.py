@@ -81,7 +81,7 @@ def compile_summary(comp, out: str, seconds: float) -> str:
             lines.append(f"  wire {name}: public structure (clear)")
     if comp.placement is not None:
         lines.append("  " + placement_text(comp.placement))
-    exposures = exposure_lines(comp.classes.values(), comp.server_proto)
+    exposures = exposure_lines(comp.classes.values(), _written_server(out))
     lines.append(f"  structural exposures: {len(exposures) or 'none found'}")
     lines += [f"    {e}" for e in exposures]
     lines.append(f"  {ENTROPY_NOTE}")
@@ -95,6 +95,18 @@ def compile_summary(comp, out: str, seconds: float) -> str:
     server_nodes = len(comp.server_proto.graph.node) if comp.server_proto is not None else len(comp.model.graph)
     lines.append(f"  nodes: {server_nodes} on the server ({comp.original_nodes} in the original)")
     return "\n".join(lines)
+
+
+def _written_server(out: str):
+    """The server model as written (names, metadata; no weights), or None if it cannot be read."""
+    import os
+
+    import onnx
+
+    try:
+        return onnx.load(os.path.join(out, "server", "model.onnx"), load_external_data=False)
+    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError):  # pragma: no cover
+        return None
 
 
 def exposed_lines(exposed: list, indent: str) -> list[str]:

@@ -13,6 +13,12 @@ code needs, and nothing that names the original: ``eeonnx.artifact_id`` (the
 compile's random id, also in the manifest, checked by the client) and
 ``eeonnx.state`` (JSON list of the state pairs in the server's names); no
 producer, version, domain or doc string.
+
+Unless ``comp.keep_names`` (``--keep-names``, a debugging aid), the written
+server model is then renamed by :mod:`eeonnx.compiler.passes.anonymize`
+(opaque names for every value, initializer and node); the map goes into
+``comp.server_names`` and from there into the manifest and the re-key
+record, which are written after it.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import onnx_ir as ir
 
 from eeonnx.errors import OutputExistsError
 from eeonnx.compiler.keys import write_key
+from eeonnx.compiler.passes import anonymize
 from eeonnx.compiler.progress import Progress
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights above 1 GiB go to model.onnx.data
@@ -169,6 +176,8 @@ def _write(comp, root: str, progress: bool = False) -> None:
                 callback=bar.tensor_written if bar else None)
         if bar:
             bar.close()
+    if not getattr(comp, "keep_names", False):
+        _anonymize(comp, server_path)
     save_client_graph(comp.encode_model, os.path.join(client_dir, "encode.onnx"))
     save_client_graph(comp.decode_model, os.path.join(client_dir, "decode.onnx"))
     write_key(comp.key, os.path.join(client_dir, "key.json"))
@@ -183,6 +192,15 @@ def _write(comp, root: str, progress: bool = False) -> None:
         json.dump(manifest, f, indent=2)
         f.write("\n")
     make_private(client_dir)
+
+
+def _anonymize(comp, server_path: str) -> None:
+    """Opaque names in the written server model (weights untouched, see anonymize); the
+    metadata is stamped again, now with the state pairs in the new names."""
+    model = onnx.load(server_path, load_external_data=False)
+    comp.server_names = anonymize.rename(model)
+    stamp_proto(model, server_metadata(comp))
+    anonymize.rewrite(model, server_path)
 
 
 def make_private(client_dir: str) -> None:
