@@ -18,6 +18,7 @@ from eeonnx.compiler import groups as G
 from eeonnx.compiler.keys import Key
 from eeonnx.compiler.rules import norm_groups
 from tests.helpers import G as Builder
+from tests.helpers import server_weights
 from tests.test_groups import _check_artifact, _encrypted_run, _same_ops
 
 KEY = Key(bytes(range(32)))
@@ -133,7 +134,7 @@ def test_residual_stream_is_orthogonal_and_exact(tmp_path, kind):
     assert _stream_group(comp) == STREAM_GROUP[kind]
     _check_artifact(path, out, comp, _feeds())
     _same_ops(path, out)
-    srv = {t.name: numpy_helper.to_array(t) for t in onnx.load(out / "server" / "model.onnx").graph.initializer}
+    srv = server_weights(out)  # by original name
     orig = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
     for tag in ("ln1", "ln2", "lnf"):  # every gain moved into its consumers
         assert np.array_equal(srv[f"{tag}.gamma"], np.ones(D, np.float32)), tag
