@@ -60,6 +60,7 @@ def test_moved_gain_is_exact_and_needed():
 
 # --------------------------------------------------------------------------- the fixture
 def _norm(g: Builder, kind: str, x: str, tag: str, rng) -> str:
+    kind = {"skip": "fused", "skip_rms": "rms"}.get(kind, kind)
     gamma = g.const(f"{tag}.gamma", (1 + 0.4 * rng.standard_normal(D)).astype(np.float32))
     beta = None
     if kind in ("fused", "decomposed"):
@@ -86,7 +87,7 @@ def transformer_block(kind: str, seed: int = 0) -> onnx.ModelProto:
     decomposed (ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div/Mul/Add), rms (Pow/ReduceMean/
     Add/Sqrt/Reciprocal/Mul/Mul), rms_fused (RMSNormalization, opset 23); gains and
     biases random (no gain is uniform, so every one must be moved)."""
-    g = Builder(opset=23 if kind == "rms_fused" else 18, seed=seed)
+    g = Builder(opset=23 if kind == "rms_fused" else 18, seed=seed, check=kind not in ("skip", "skip_rms"))
     rng = np.random.default_rng(seed + 7)
     ids = g.input("ids", [1, S], TensorProto.INT64)
     x = g.node("Gather", [g.w("emb", [V, D], scale=1.0), ids], axis=0)
@@ -98,14 +99,21 @@ def transformer_block(kind: str, seed: int = 0) -> onnx.ModelProto:
     att = g.node("Softmax", [g.node("Mul", [g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 2, 1])]),
                                             g.floats("scale", [1 / np.sqrt(D)])])], axis=-1)
     o = g.node("Add", [g.node("MatMul", [g.node("MatMul", [att, v]), g.w("wo", [D, D])]), g.w("bo", [D], scale=0.1)])
-    x = g.node("Add", [x, o])
-    h = _norm(g, kind, x, "ln2", rng)
+    if kind in ("skip", "skip_rms"):  # com.microsoft SkipLayerNormalization: h = LN(x + o), x + o as output 3
+        gamma = g.const("ln2.gamma", (1 + 0.4 * rng.standard_normal(D)).astype(np.float32))
+        ins = [x, o, gamma] + ([g.const("ln2.beta", (0.3 * rng.standard_normal(D)).astype(np.float32))]
+                               if kind == "skip" else [])
+        op = "SkipLayerNormalization" if kind == "skip" else "SkipSimplifiedLayerNormalization"
+        h, _, _, x = g.node(op, ins, ["ln2_out", "", "", "ln2_sum"], domain="com.microsoft", epsilon=EPS)
+    else:
+        x = g.node("Add", [x, o])
+        h = _norm(g, kind, x, "ln2", rng)
     m = g.node("Relu", [g.node("Add", [g.node("MatMul", [h, g.w("w1", [D, 2 * D])]), g.w("c1", [2 * D], scale=0.1)])])
     x = g.node("Add", [x, g.node("MatMul", [m, g.w("w2", [2 * D, D])])])
     h = _norm(g, kind, x, "lnf", rng)
     g.node("MatMul", [h, g.w("head", [D, V])], "logits")
     g.output("logits")
-    return g.build()
+    return g.build(extra_opsets=[("com.microsoft", 1)] if kind in ("skip", "skip_rms") else ())
 
 
 def _compile(model, tmp_path, name="m", **kw):
@@ -125,7 +133,7 @@ def _stream_group(comp) -> str:
 
 
 STREAM_GROUP = {"fused": "orthogonal-ones", "decomposed": "orthogonal-ones", "rms": "orthogonal",
-                "rms_fused": "orthogonal"}
+                "rms_fused": "orthogonal", "skip": "orthogonal-ones", "skip_rms": "orthogonal"}
 
 
 @pytest.mark.parametrize("kind", sorted(STREAM_GROUP))
@@ -212,3 +220,88 @@ def test_l2_normalised_output_is_orthogonal(tmp_path):
     path, out, comp = _compile(m, tmp_path, split="none", min_key_bits=0, allow_weak=("x", "y"))
     assert _stream_group(comp) == "orthogonal"
     _check_artifact(path, out, comp, {"x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)})
+
+
+# --------------------------------------------------------------------------- exported fixtures, trained-like gains
+def _with_random_gains(path, seed: int = 3) -> onnx.ModelProto:
+    """The fixture with every norm gain its own random vector (exporters of untrained models
+    write ones, which are uniform and never need moving; trained models do not)."""
+    m = onnx.load(path)
+    rng = np.random.default_rng(seed)
+    arrays = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    extra, k = [], 0
+    for node in m.graph.node:
+        slots = [1] if node.op_type in ("LayerNormalization", "SimplifiedLayerNormalization") else []
+        if node.op_type == "Mul":
+            slots = [i for i in (0, 1) if arrays.get(node.input[i]) is not None
+                     and arrays[node.input[i]].ndim == 1 and np.all(arrays[node.input[i]] == 1)]
+        for i in slots:
+            a = arrays[node.input[i]]
+            name = f"{node.input[i]}.trained{k}"
+            k += 1
+            extra.append(numpy_helper.from_array((1 + 0.3 * rng.standard_normal(a.shape)).astype(a.dtype), name))
+            node.input[i] = name
+    assert k, "no norm gain found"
+    m.graph.initializer.extend(extra)
+    return m
+
+
+def _fixture_feeds(model: onnx.ModelProto) -> dict:
+    from tests.helpers import random_feeds
+
+    feeds = random_feeds(model, {"batch": 1, "seq": 6, "sequence": 6, "past_sequence": 0})
+    for name, a in feeds.items():
+        if a.dtype == np.int64 and "ids" in name:
+            feeds[name] = (np.arange(a.size).reshape(a.shape) * 7 % 300).astype(np.int64)
+        elif a.dtype == np.int64:
+            feeds[name] = np.ones_like(a) if "mask" in name else np.broadcast_to(np.arange(a.shape[-1]), a.shape).copy()
+    return feeds
+
+
+def test_llama_export_with_trained_gains_moves_every_rmsnorm_gain(tmp_path):
+    """LLaMA (dynamo export, decomposed RMSNorm, untied head): with non-uniform gains every
+    gain is moved into the projections that read it; the stream stays orthogonal and exact."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    m = _with_random_gains(root / "models" / "fixtures" / "llama.dynamo.onnx")
+    path, out, comp = _compile(m, tmp_path)
+    assert max((c for c in comp.classes.values() if c.group == "orthogonal"), key=lambda c: c.size).size == 64
+    assert len(comp.prefold) > 5  # gains -> ones, projection rows scaled
+    feeds = _fixture_feeds(m)
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = _encrypted_run(out, feeds)
+    for w, g in zip(want, got):
+        assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max()
+    _same_ops(path, out)
+
+
+def test_gpt2_export_with_trained_gains_and_tied_head_stays_exact(tmp_path):
+    """GPT-2 (dynamo export): the head reads the embedding table through a Transpose, so the
+    final norm's gain cannot be moved into it (the table is read by the Gather too) and the
+    stream stays a permutation (the per-layer norms' outputs take a diagonal); exact."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    m = _with_random_gains(root / "models" / "fixtures" / "gpt2.dynamo.onnx")
+    path, out, comp = _compile(m, tmp_path)
+    stream = next(c for c in comp.classes.values() if c.size == 64)
+    assert stream.group == "diagonal" and not comp.prefold
+    feeds = _fixture_feeds(m)
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = _encrypted_run(out, feeds)
+    for w, g in zip(want, got):
+        assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max()
+
+
+def test_check_spec_shows_the_stream_groups(tmp_path):
+    from click.testing import CliRunner
+
+    from eeonnx.cli import main as cli_main
+
+    for kind, group in (("fused", "orthogonal-ones"), ("rms", "orthogonal")):
+        path = tmp_path / f"{kind}.onnx"
+        onnx.save(transformer_block(kind), path)
+        r = CliRunner().invoke(cli_main, ["check", str(path), "--spec", "--transforms", "max"])
+        assert r.exit_code == 0, r.output
+        assert f"[{D}]: {group}" in r.output, r.output

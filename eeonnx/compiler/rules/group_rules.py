@@ -38,10 +38,13 @@ from eeonnx.compiler.groups import DIAGONAL, LINEAR, ORTHO_ONES, Group, meet
 GROUP_RULES: dict[str, Callable] = {}
 
 
-def group_rule(*op_types: str):
+def group_rule(*op_types: str, domain: str = ""):
+    """Register a statement for ops of the default domain (keyed by op type) or of
+    ``domain`` (keyed by (domain, op type))."""
+
     def deco(fn):
         for op in op_types:
-            GROUP_RULES[op] = fn
+            GROUP_RULES[op if domain in ("", "ai.onnx") else (domain, op)] = fn
         return fn
 
     return deco
@@ -49,7 +52,7 @@ def group_rule(*op_types: str):
 
 def lookup(node) -> Callable | None:
     if node.domain not in ("", "ai.onnx"):
-        return None
+        return GROUP_RULES.get((node.domain, node.op_type))
     return GROUP_RULES.get(node.op_type)
 
 

@@ -167,13 +167,15 @@ def gain_fold(v, gamma: ir.Value, uid: int, product: ir.Value, trigger, biases=(
     return fold
 
 
-def norm_stream(v, group: G.Group, bias: int | None) -> bool:
+def norm_stream(v, group: G.Group, bias: int | None, gain: int = 1, summands=(), sums=()) -> bool:
     """Fused norm over the last axis, X's class there carried to Y under ``group``
-    (gain uniform, or moved into the consumers). False where it does not apply."""
+    (gain uniform, or moved into the consumers). ``summands``: further inputs added
+    to X before the norm (SkipLayerNormalization's skip and bias), ``sums``: outputs
+    holding that sum (equal exponents, LINEAR). False where it does not apply."""
     node = v.node
     if id(node) in v.solver.fallback:
         return False
-    x, g, y = v.inp(0), v.inp(1), v.out(0)
+    x, g, y = v.inp(0), v.inp(gain), v.out(0)
     b = v.inp(bias) if bias is not None else None
     if x is None or g is None or y is None or not x.terms:
         return False
@@ -186,10 +188,15 @@ def norm_stream(v, group: G.Group, bias: int | None) -> bool:
     uid = t.uid
     if any(uid in G.occurrences(u) for u in x.terms[:-1]):
         return False
+    extra = [v.inp(i) for i in summands if v.inp(i) is not None] + [v.out(k) for k in sums if v.out(k) is not None]
+    if any(uid not in o.vars for o in extra):
+        return False
     if not g.uniform:
         biases = [node.inputs[bias]] if b is not None else []
-        if gain_fold(v, node.inputs[1], uid, node.outputs[0], y.vars[uid], biases) is None:
+        if gain_fold(v, node.inputs[gain], uid, node.outputs[0], y.vars[uid], biases) is None:
             return False
+    for o in extra:
+        v.relate(o.vars[uid], x.vars[uid], 1, G.LINEAR)
     v.relate(x.vars[uid], y.vars[uid], 1, group)
     if uid in g.vars:
         v.zero(g.vars[uid])  # uniform, or ones after the fold: permuted only
@@ -219,6 +226,26 @@ def _rmsnorm(v) -> None:
     X and Y one orthogonal map (scale uniform or moved), else as LayerNorm."""
     if not norm_stream(v, G.ORTHOGONAL, None):
         norm_affine(v, 1, None)
+
+
+MS = "com.microsoft"
+
+
+@group_rule("SkipLayerNormalization", domain=MS)
+def _skip_layernorm(v) -> None:
+    """Y = LayerNorm(input + skip + bias) * gamma + beta (inputs 0, 1, 4; gamma 2, beta 3),
+    output 3 the sum: the sum's terms and output 3 equal, Y as LayerNormalization.
+    Otherwise Y a diagonal on gamma/beta, everything else permuted only."""
+    beta = 3 if v.inp(3) is not None else None
+    if not norm_stream(v, G.ORTHO_ONES, beta, gain=2, summands=(1, 4), sums=(3,)):
+        norm_affine(v, 2, beta)
+
+
+@group_rule("SkipSimplifiedLayerNormalization", domain=MS)
+def _skip_rmsnorm(v) -> None:
+    """Y = RMSNorm(input + skip + bias) * gamma (inputs 0, 1, 3; gamma 2), output 3 the sum."""
+    if not norm_stream(v, G.ORTHOGONAL, None, gain=2, summands=(1, 3), sums=(3,)):
+        norm_affine(v, 2, None)
 
 
 def square(v, x, y) -> None:
