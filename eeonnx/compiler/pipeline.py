@@ -182,6 +182,9 @@ class Compilation:
                          "groups": self.group_shares()},
             "pins": self.pins(),
             "exposed": self.exposed,
+            # rotary pair maps (compiler/pairs.py): one entry per component
+            "pairs": [{"size": i["size"], "group": pairs.PAIRS.name, "head": i.get("head"), "tensors": i["tensors"]}
+                      for i in getattr(self, "pair_info", [])],
             "tied": self.ties,
             "nodes": {"original": self.original_nodes,
                       "server": len(self.server_proto.graph.node) if self.server_proto is not None

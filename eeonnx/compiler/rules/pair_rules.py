@@ -178,10 +178,13 @@ def _concat(v: PairView) -> None:
         return
     y = v.out(0)
     axis = int(v.attr("axis", 0))
+    ins = [o for o in (v.inp(i) for i in range(v.n_in)) if o is not None]
     if y is not None and y.terms:
         for f, yn in y.nodes.items():
-            if site_axis(y.terms, f) == axis % len(y.terms):
-                v.zero(yn)  # pairs assembled from pieces: only rotate_half is known to commute
+            if site_axis(y.terms, f) == axis % len(y.terms) or not all(x.has(f) for x in ins):
+                # pairs assembled from pieces (only rotate_half is known to commute), or
+                # joined with a tensor that does not carry them
+                v.zero(yn, *[x.nodes[f] for x in ins if x.has(f)])
     move(v, inputs=tuple(range(v.n_in)))
 
 
