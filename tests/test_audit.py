@@ -101,6 +101,7 @@ def test_image_wire_of_the_cnn_correlates_above_baseline(cnn_out, tmp_path):
     r = audit(cnn_out, budget=10)
     img = {a["name"]: a for a in r["attacks"]}["image_wire"]
     assert img["applies"] and img["recovered"]["excess"] > 0.2, img["recovered"]
+    assert img["recovered"]["wire"] == "stem.conv_out"  # the auditor reads original names (the server's are opaque)
 
 
 def test_audit_refuses_a_directory_without_the_client_half(bert_out, tmp_path):

@@ -360,11 +360,12 @@ def _image_wire(out_dir, manifest, images_dir, say, n: int = 8):
     unrelated = images.sample_images(n, (h, w), seed=1234)
     t0 = time.monotonic()
     wires = {}
+    original = {v: k for k, v in manifest.get("server_names", {}).items()}  # the server's names are opaque
     for p in pics:
         feeds = client.encode({inp["name"]: p[None].astype(np.float32)})
         for name, v in feeds.items():
             if v.dtype.kind == "f" and v.ndim == 4:
-                wires.setdefault(name, []).append(v[0])
+                wires.setdefault(original.get(name, name), []).append(v[0])
     if not wires:
         entry.update(applies=False, reason="no spatial float tensor crosses the wire")
         return entry
