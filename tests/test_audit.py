@@ -86,12 +86,14 @@ def test_scorecard_json_fields_and_attacks(bert_out, tmp_path):
     data = json.loads(r.stdout)
     assert set(data) >= {"artifact", "artifact_id", "permutation_entropy_bits", "seconds", "attacks", "exposures"}
     names = [a["name"] for a in data["attacks"]]
-    assert names == ["known_weights", "finetune", "frequency", "token_wire", "image_wire", "linkability"]
+    assert names == ["known_weights", "finetune", "known_weights_linear", "finetune_linear", "frequency",
+                     "token_wire", "image_wire", "linkability"]
     for a in data["attacks"]:
         assert set(a) >= {"name", "threat_model", "applies", "recovered", "headline", "seconds", "target", "verdict"}
     by = {a["name"]: a for a in data["attacks"]}
     assert by["known_weights"]["verdict"] == "broken"
-    assert by["finetune"]["applies"] is False
+    assert by["finetune"]["applies"] is False and by["finetune_linear"]["applies"] is False
+    assert by["known_weights_linear"]["applies"] is True
     curve = by["frequency"]["recovered"]["curve"]
     assert curve and all({"tokens", "recovered", "baseline"} <= set(p) for p in curve)
     assert (tmp_path / "rep" / "audit.md").exists() and (tmp_path / "rep" / "frequency.png").exists()

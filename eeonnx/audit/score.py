@@ -70,3 +70,61 @@ def score_alignment(recovery: dict, truth: GroundTruth, server_weights: dict) ->
             "vocabulary_size": vocab[2] if vocab else None,
             "weights_rebuilt": bytes_ok / bytes_total if bytes_total else None,
             "tensors_scored": scored}
+
+
+MAP_THRESHOLD = 0.1  # a map counts as recovered when ||M - T||_F / ||T||_F is below this
+
+
+def score_linear(recovery: dict, truth: GroundTruth, server_weights: dict,
+                 threshold: float = MAP_THRESHOLD) -> dict:
+    """Score a per-tensor, per-axis map recovery (the linear-fit attack) against the key.
+
+    Per server initializer axis that carries a secret class, the relative error
+    ``||M - T||_F / ||T||_F`` of the recovered map M against the true axis map T
+    (:meth:`GroundTruth.axis_map`: the class's recorded element at the tensor's
+    exponent, rows taken by its permutation; a missing map scores error 1). A class
+    scores its best axis (as :func:`score_alignment` does: the attacker that decrypts
+    one tensor of a class decrypts the class; merged Kron/Cat axes score each of their
+    classes); it counts as recovered below ``threshold``. Returns ``{"errors": {class:
+    best error}, "classes_recovered", "classes_scored", "continuous_recovered",
+    "continuous_scored", "weights_rebuilt": share of secret weight bytes whose every
+    secret axis was recovered, "tensors_scored", "axes_unscored": axes whose true map
+    the record cannot give per axis, "threshold"}``."""
+    errors: dict[str, float] = {}
+    bytes_total = bytes_ok = scored = unscored = 0
+    for name, entry in truth.terms.items():
+        s = server_weights.get(name)
+        if s is None or "fold" not in entry or s.ndim < 1:
+            continue
+        rec = recovery["tensors"].get(name)
+        all_ok, any_axis = True, False
+        for axis in range(s.ndim):
+            classes = truth.axis_classes(name, axis)
+            if not classes:
+                continue  # public axis
+            any_axis = True
+            t = truth.axis_map(name, axis)
+            if t is None:
+                unscored += 1
+                all_ok = False
+                continue
+            m = None if rec is None else rec["maps"].get(axis)
+            err = 1.0 if m is None or m.shape != t.shape else \
+                float(np.linalg.norm(m - t) / max(np.linalg.norm(t), 1e-30))
+            all_ok &= err < threshold
+            for c in classes:
+                errors[c] = min(errors.get(c, np.inf), err)
+        if any_axis:
+            scored += 1
+            bytes_total += s.nbytes
+            bytes_ok += s.nbytes if all_ok else 0
+    cont = set(truth.continuous())
+    ok = [c for c, e in errors.items() if e < threshold]
+    return {"errors": errors,
+            "classes_recovered": len(ok) / len(errors) if errors else None,
+            "classes_scored": len(errors),
+            "continuous_recovered": (sum(c in cont for c in ok) / sum(c in cont for c in errors)
+                                     if any(c in cont for c in errors) else None),
+            "continuous_scored": sum(c in cont for c in errors),
+            "weights_rebuilt": bytes_ok / bytes_total if bytes_total else None,
+            "tensors_scored": scored, "axes_unscored": unscored, "threshold": threshold}

@@ -16,7 +16,13 @@ JSON fields (``eeonnx audit --json``)::
     exposures: [{kind, detail, items}]
 
 ``recovered`` per attack: known_weights / finetune: classes, classes_recovered,
-vocabulary, weights_rebuilt; frequency: curve [{tokens, recovered, baseline,
+vocabulary, weights_rebuilt; known_weights_linear / finetune_linear (the
+linear-fit attack, :mod:`eeonnx.audit.linear_fit`): errors (class -> best
+||M - T||_F / ||T||_F), classes_recovered / classes_scored (every class,
+permutations too, recovered when its error < threshold),
+continuous_recovered / continuous_scored (the classes above the
+permutations), weights_rebuilt (secret weight bytes with every secret axis
+recovered), axes_unscored, threshold, complete; frequency: curve [{tokens, recovered, baseline,
 ids_recovered, distinct_ids, seconds}]; token_wire: nn_match, baseline,
 cluster_purity, purity_baseline, positions, tokens_from; image_wire:
 correlation, baseline, excess, per_image, wire; linkability: matched.
@@ -37,6 +43,10 @@ from eeonnx.audit.view import AuditError, ServerView, load_weights
 TARGETS = {
     "known_weights": ("classes recovered < 1%", lambda r: (r.get("classes_recovered") or 0) < 0.01),
     "finetune": ("classes recovered < 1%", lambda r: (r.get("classes_recovered") or 0) < 0.01),
+    "known_weights_linear": ("classes recovered (map error < 0.1) < 1%",
+                             lambda r: (r.get("classes_recovered") or 0) < 0.01),
+    "finetune_linear": ("classes recovered (map error < 0.1) < 1%",
+                        lambda r: (r.get("classes_recovered") or 0) < 0.01),
     "frequency": ("occurrences recovered <= constant-guess baseline + 5 points at every length",
                   lambda r: all(p["recovered"] <= p["baseline"] + 0.05 for p in r["curve"])),
     "token_wire": ("nearest-neighbour token match <= chance + 5 points",
@@ -131,6 +141,26 @@ def audit(out_dir: str, original=None, base=None, texts=None, images_dir=None, l
             entry.update(applies=False, reason="no --base given")
         result["attacks"].append(entry)
 
+        # 2b. linear fit (least squares / Procrustes) against the original, then the base
+        for name, ref, flag in (("known_weights_linear", original, "--original"), ("finetune_linear", base, "--base")):
+            knows = "the public original weights" if flag == "--original" else "a public base it was fine-tuned from"
+            entry = _entry(name, f"server model + {knows} ({flag}); per tensor axis, a least-squares / orthogonal "
+                                 "Procrustes fit, maps found on one tensor tried on the others (no graph linkage)")
+            if ref:
+                from eeonnx.audit import linear_fit
+                from eeonnx.audit.score import score_linear
+
+                say(f"linear fit (least squares / Procrustes) against {ref}")
+                rec = linear_fit.attack(view.float_weights(), load_weights(ref), budget=budget)
+                entry["seconds"] = rec["seconds"]
+                r = score_linear(rec, get_truth(), view.weights)
+                r["complete"] = rec["complete"]
+                entry["recovered"] = r
+                _verdict(entry, _linear_headline(r))
+            else:
+                entry.update(applies=False, reason=f"no {flag} given")
+            result["attacks"].append(entry)
+
         # 3. frequency analysis of the encrypted id stream
         result["attacks"].append(_frequency(out_dir, manifest, texts, budget, say))
 
@@ -181,6 +211,20 @@ def _alignment_headline(r):
         parts.append(f"{r['vocabulary']:.0%} of {r['vocabulary_size']} vocabulary ids")
     if r.get("weights_rebuilt") is not None:
         parts.append(f"{r['weights_rebuilt']:.0%} of permuted weight bytes rebuilt")
+    return ", ".join(parts)
+
+
+def _linear_headline(r):
+    if not r["classes_scored"]:
+        return "no class scored"
+    parts = []
+    if r["continuous_scored"]:
+        parts.append(f"{r['continuous_recovered']:.0%} of {r['continuous_scored']} continuous classes")
+    parts.append(f"{r['classes_recovered']:.0%} of all {r['classes_scored']} classes (map error < {r['threshold']:g})")
+    if r.get("weights_rebuilt") is not None:
+        parts.append(f"{r['weights_rebuilt']:.0%} of secret weight bytes with every secret axis recovered")
+    if not r.get("complete", True):
+        parts.append("budget ran out")
     return ", ".join(parts)
 
 

@@ -18,7 +18,8 @@ from eeonnx.compiler.rekey import materialize_json
 
 class GroundTruth:
     def __init__(self, out_dir):
-        client = os.path.join(os.fspath(out_dir), "client")
+        self.out_dir = os.fspath(out_dir)
+        client = os.path.join(self.out_dir, "client")
         with open(os.path.join(client, "manifest.json"), encoding="utf-8") as f:
             self.manifest = json.load(f)
         path = os.path.join(client, "rekey.json")
@@ -66,6 +67,55 @@ class GroundTruth:
             if p is not None:
                 out = out.take(np.argsort(p), axis=axis)
         return out
+
+    def axis_map(self, name: str, axis: int):
+        """The true map T of a server initializer's axis, in the linear-fit attack's
+        convention (slices along the axis: ``server_k = T @ plain_k``): the class's
+        recorded transform at the tensor's exponent (``client/rekey.npz``), rows taken
+        by the permutation; the identity for a public axis. None when the record
+        cannot give it per axis (a map spanning axes, or a transform it lacks)."""
+        entry = self.terms.get(name)
+        if entry is None or "fold" not in entry or axis >= len(entry["fold"]):
+            return None
+        term = entry["fold"][axis]
+        p = materialize_json(term, self.perms, self.sizes) if all(c in self.perms for c in _classes(term)) else None
+        if p is None:
+            return None
+        from eeonnx.compiler import groups as G
+
+        exp = {n: int(e) for n, e in entry.get("exp", {}).items() if e}
+        cv, tr = self._transforms()
+        if any(n not in tr for n in exp if n in _classes(term)):
+            return None
+        try:
+            m = G.term_map(cv.term(term), cv.factor(exp, lambda n, e: tr[n].factor(e)))
+        except Exception:  # noqa: BLE001 - a per-head map whose head is on another axis
+            return None
+        if m is None:
+            t = np.eye(len(p))
+        elif m.ndim == 1:
+            t = np.diag(m)
+        elif m.ndim == 2:
+            t = m.T
+        else:
+            return None
+        return t[p]
+
+    def continuous(self) -> list[str]:
+        """Classes whose group is above the permutations."""
+        return [n for n, c in self.classes.items() if c.get("group", "permutation") != "permutation"]
+
+    def _transforms(self):
+        if getattr(self, "_tr", None) is None:
+            from eeonnx.compiler.rekey import ClassVars, RekeyError, load_transforms
+
+            cv = ClassVars(self.sizes)
+            try:
+                tr = load_transforms(self.out_dir, self.record, cv)
+            except RekeyError:
+                tr = {}
+            self._tr = (cv, tr)
+        return self._tr
 
     def vocabulary(self):
         """(token input, class name, vocabulary size) of the token-id input, or None."""
