@@ -99,7 +99,7 @@ def _candidates(n: int, pool: list[np.ndarray]):
 
 def _pool_add(pool: list[np.ndarray], m: np.ndarray) -> None:
     for p in pool:
-        if p.shape == m.shape and np.linalg.norm(p - m) <= 1e-3 * np.linalg.norm(p):
+        if p.shape == m.shape and np.linalg.norm(p - m) <= 0.05 * np.linalg.norm(p):
             return
     pool.append(m)
 
