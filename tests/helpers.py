@@ -312,6 +312,7 @@ class GroupTruth:
         self.groups = {c["name"]: c["group"] for c in self.record["classes"]}
         self.classes = ClassVars(self.sizes)
         self.transforms = load_transforms(str(out), self.record, self.classes)
+        self.groups.update({c["name"]: "pair rotation-scale" for c in self.record.get("pairs", [])})
         for n, t in self.transforms.items():
             assert_in_group(self.groups[n], t, n)
 
@@ -319,8 +320,10 @@ class GroupTruth:
         return self.record["files"].get(rel, {}).get(name)
 
     def continuous(self, entry: dict | None) -> bool:
-        """The tensor carries some class's continuous transform (not only permutations)."""
-        return bool(entry) and any(e and n in self.transforms for n, e in entry.get("exp", {}).items())
+        """The tensor carries some class's continuous transform or a rotary pair map
+        (not only permutations)."""
+        return bool(entry) and (any(e and n in self.transforms for n, e in entry.get("exp", {}).items())
+                                or bool(entry.get("pairs")))
 
     def _factor(self, exp: dict, inverse: bool):
         exp = {n: e for n, e in exp.items() if e and n in self.transforms}
@@ -337,14 +340,20 @@ class GroupTruth:
 
         return materialize_json(term, self.perms, self.sizes)
 
-    def plain(self, array: np.ndarray, terms: list[dict], exp: dict) -> np.ndarray:
-        """The plain tensor behind a server tensor (float64): un-permuted, un-folded."""
+    def plain(self, array: np.ndarray, entry: dict) -> np.ndarray:
+        """The plain tensor behind a server tensor (float64) from its record entry:
+        un-permuted, pair maps undone, class maps undone (the fold's reverse order)."""
+        from eeonnx.compiler import pairs as P
         from eeonnx.compiler.passes.fold import transform
 
         out = np.asarray(array, dtype=np.float64)
-        for axis, term in enumerate(terms):
+        for axis, term in enumerate(entry["fold"]):
             out = np.take(out, np.argsort(self.index(term)), axis=axis)
-        return transform(out, [self.classes.term(t) for t in terms], self._factor(exp, True))
+        terms = [self.classes.term(t) for t in entry["fold"]]
+        for p in entry.get("pairs", []):
+            out = P.apply(out, terms, self.classes.site(p["site"]).uid,
+                          self.transforms[p["of"]].blocks(p["e"], inverse=True))
+        return transform(out, terms, self._factor(entry.get("exp", {}), True))
 
 
 def apply_axis_map(a: np.ndarray, axis: int, m: np.ndarray | None, inverse: bool = False) -> np.ndarray:
@@ -373,6 +382,9 @@ def assert_in_group(group: str, t, what: str = "") -> None:
         qtq = np.einsum("...ji,...jk->...ik", q, q)
         assert np.allclose(qtq, np.broadcast_to(np.eye(q.shape[-1]), qtq.shape), atol=1e-9), \
             f"class {what}: orthogonal factor is not orthogonal"
+    if group == "orthogonal-ones":
+        assert np.allclose(np.ones(len(ortho)) @ np.asarray(ortho), 1, atol=1e-9), \
+            f"class {what}: orthogonal-ones does not fix the all-ones vector"
 
 
 # --------------------------------------------------------------------------

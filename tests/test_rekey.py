@@ -241,13 +241,17 @@ def test_rekey_continuous_refusals(mlp_max, tmp_path):
 
 def test_rekey_server_in_the_original_structure(tmp_path):
     """A TorchScript decoder whose server keeps the original's nodes: changed tensors are
-    Constant node values there, and rekey re-folds them too (golden check on ORT)."""
+    Constant node values there, and rekey re-folds them too (golden check on ORT). Under
+    --transforms max its rotary Q/K carry pair rotations (one transform per attention,
+    beside the classes): re-drawn and re-folded too."""
     from eeonnx.client.verify import verify
 
     model = ROOT / "models" / "fixtures" / "llama_kv.ts.onnx"
     out = tmp_path / "out"
-    eeonnx.compile(model, out)
+    eeonnx.compile(model, out, transforms="max")
+    assert _record(out).get("pairs"), "no rotary pair map to re-key"
     rekey(out, tmp_path / "out2")
+    assert _changed_elements(out, tmp_path / "out2")
     errs = verify(model, tmp_path / "out2")
     assert errs and all(c.err < 1e-4 for c in errs.values()), errs
 

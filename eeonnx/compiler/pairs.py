@@ -65,6 +65,10 @@ class PairTransform:
             m = np.stack([np.stack([c, sn], -1), np.stack([-sn, c], -1)], -2)
         return m * s[..., None, None]
 
+    def redraw(self, key, label: str) -> "PairTransform":
+        """A fresh element of the same size (eeonnx rekey, ``groups.redraw``)."""
+        return draw(key, label, self.scale.size)
+
 
 def draw(key, label: str, n: int, head: int | None = None, heads: int = 0) -> PairTransform:
     if head is not None:

@@ -92,15 +92,19 @@ class RekeyError(EEError):
 
 
 # -- terms as JSON ---------------------------------------------------------------
-def term_json(t: L.Term, names: dict[int, str]):
-    """{"p": n} public, {"c": name} a class, {"cat": [...]}, {"kron": [...]}; unnamed classes are public."""
+def term_json(t: L.Term, names: dict[int, str], sites: dict[int, str] | None = None):
+    """{"p": n} public, {"c": name} a class, {"cat": [...]}, {"kron": [...]}; unnamed classes
+    are public. A public variable that a rotary pair map sits on (``sites``) is
+    ``{"p": n, "site": name}``: still the identity permutation, named so a re-key finds it."""
     t = L.resolve(t)
     if isinstance(t, L.Var):
-        return {"c": names[t.uid]} if t.pin is None and t.uid in names else {"p": t.size}
+        if t.pin is None and t.uid in names:
+            return {"c": names[t.uid]}
+        return {"p": t.size, "site": sites[t.uid]} if sites and t.uid in sites else {"p": t.size}
     if isinstance(t, L.Cat):
-        return {"cat": [term_json(p, names) for p in t.parts]}
+        return {"cat": [term_json(p, names, sites) for p in t.parts]}
     if isinstance(t, L.Kron):
-        return {"kron": [term_json(f, names) for f in t.factors]}
+        return {"kron": [term_json(f, names, sites) for f in t.factors]}
     return {"p": t.size}
 
 
@@ -131,7 +135,15 @@ class ClassVars:
     class, such as a per-head map's head, finds it by the same variable)."""
 
     def __init__(self, sizes: dict[str, int]):
-        self.sizes, self.vars, self.names = sizes, {}, {}
+        self.sizes, self.vars, self.names, self.sites = sizes, {}, {}, {}
+
+    def site(self, name: str, size: int | None = None) -> L.Var:
+        """The variable a pair map sits on: a class, or a public variable named in the record."""
+        if name in self.sizes:
+            return self.var(name)
+        if name not in self.sites:
+            self.sites[name] = L.Var(int(size))
+        return self.sites[name]
 
     def var(self, name: str) -> L.Var:
         if name not in self.vars:
@@ -141,6 +153,8 @@ class ClassVars:
 
     def term(self, t) -> L.Term:
         """The layout term of a JSON term."""
+        if "site" in t:
+            return self.site(t["site"], t["p"])
         if "p" in t:
             return L.Public(t["p"])
         if "c" in t:
@@ -165,8 +179,9 @@ def transform_record(name: str, tr, names: dict[int, str]) -> tuple[dict, dict[s
     by name; private fields (``_cache``) are skipped; anything else (ints, strings) as JSON."""
     cls = type(tr)
     refs = set(getattr(cls, "class_refs", ()))
-    meta = {"type": f"{cls.__module__}:{cls.__qualname__}", "group": tr.group.name,
-            "arrays": [], "params": {}, "classes": {}}
+    meta = {"type": f"{cls.__module__}:{cls.__qualname__}", "arrays": [], "params": {}, "classes": {}}
+    if getattr(tr, "group", None) is not None:
+        meta["group"] = tr.group.name
     arrays = {}
     for f in dataclasses.fields(tr):
         v = getattr(tr, f.name)
@@ -218,7 +233,9 @@ def restore_transform(name: str, meta: dict, arrays, classes: ClassVars):
         if other not in classes.sizes:
             raise RekeyError(f"class {name}: its transform refers to class '{other}', which the record lacks")
         kw[field] = classes.var(other).uid
-    return cls(group=_group(name, meta["group"], module), **kw)
+    if "group" in meta:
+        kw["group"] = _group(name, meta["group"], module)
+    return cls(**kw)
 
 
 def _classes_in(t, out: set[str]) -> set[str]:
@@ -243,7 +260,7 @@ def _record(comp) -> tuple[dict, dict[str, np.ndarray]]:
     for (key, uid), e in (getattr(comp, "exponents", {}) or {}).items():
         if uid in names and e:
             exps.setdefault(key, {})[names[uid]] = int(e)
-    classes, arrays = [], {}
+    classes, arrays, pairs = [], {}, []
     for uid, c in comp.classes.items():
         entry = {"name": c.name, "label": c.label, "size": int(c.size),
                  "group": getattr(c, "group", "permutation"),
@@ -259,11 +276,30 @@ def _record(comp) -> tuple[dict, dict[str, np.ndarray]]:
         ENCODE: {t.name for t in comp.encode_model.graph.initializer},
         DECODE: {t.name for t in comp.decode_model.graph.initializer},
     }
+    # rotary pair maps (compiler/pairs.py): one transform per component, beside the classes
+    pair_maps = getattr(comp, "pair_maps", {}) or {}
+    components, sites = {}, {}
+    for info in getattr(comp, "pair_info", []) or []:
+        components[info["root"]] = name = f"pairs{len(components)}"
+    for maps in pair_maps.values():
+        for f, _e, tr, root in maps:
+            if f not in names and f not in sites:
+                sites[f] = f"site{len(sites)}"
+            if root in components and components[root] not in (p["name"] for p in pairs):
+                meta, a = transform_record(components[root], tr, names)
+                info = next(i for i in comp.pair_info if i["root"] == root)
+                pairs.append({"name": components[root], "label": info["label"], "size": int(info["size"]),
+                              "transform": meta})
+                arrays.update(a)
     for name in comp.weight_index:
         value = comp.model.graph.initializers[name]
-        entry = {"fold": [term_json(t, names) for t in an.known(value)]}
+        entry = {"fold": [term_json(t, names, sites) for t in an.known(value)]}
         if exps.get(value):
             entry["exp"] = exps[value]
+        on = [{"site": names.get(f) or sites[f], "e": int(e), "of": components[root]}
+              for f, e, _tr, root in pair_maps.get(value, []) if root in components and e]
+        if on:
+            entry["pairs"] = on
         for f, held in in_file.items():
             if name in held:  # the server file's tensors under their (opaque) server names
                 files[f][comp.server_name(name) if f == SERVER else name] = entry
@@ -286,6 +322,8 @@ def _record(comp) -> tuple[dict, dict[str, np.ndarray]]:
                 vt = an.values.secret_term(an.slot(v))
                 files[f][f"{kind}{i}_value_map"] = {"index": term_json(vt, names), "inverse": kind == "encode"}
     out = {"format": FORMAT, "classes": classes, "files": files}
+    if pairs:
+        out["pairs"] = pairs
     if getattr(comp, "not_rekeyable", ""):
         out["not_rekeyable"] = comp.not_rekeyable
     return out, arrays
@@ -351,8 +389,9 @@ def load_record(out: str) -> dict:
 
 
 def load_transforms(out: str, rec: dict, classes: ClassVars) -> dict:
-    """Class name -> its current transform, for the classes above the permutations."""
-    todo = [c for c in rec["classes"] if "transform" in c]
+    """Class name -> its current transform, for the classes above the permutations, and
+    pair component name -> its pair transform."""
+    todo = [c for c in rec["classes"] if "transform" in c] + list(rec.get("pairs", []))
     if not todo:
         return {}
     path = os.path.join(out, "client", ARRAYS)
@@ -397,20 +436,27 @@ class Keys:
                                  f"the record says {p_old.size}")
             index.append((p_old, p_new))
         exp = self.exps(entry)
-        if not exp:  # permutations only: the same values, moved
+        terms = [self.classes.term(t) for t in entry["fold"]]  # names the pair sites too
+        pairs = [(self.classes.site(p["site"]).uid, p["e"], p["of"]) for p in entry.get("pairs", [])]
+        if not exp and not pairs:  # permutations only: the same values, moved
             fresh = array
             for axis, (p_old, p_new) in enumerate(index):
                 if not np.array_equal(p_old, p_new):
                     fresh = np.take(fresh, np.argsort(p_old)[p_new], axis=axis)
             return fresh
+        from eeonnx.compiler import pairs as P
         from eeonnx.compiler.passes.fold import transform
 
-        terms = [self.classes.term(t) for t in entry["fold"]]
         fresh = array.astype(np.float64)
         for axis, (p_old, _) in enumerate(index):
             fresh = np.take(fresh, np.argsort(p_old), axis=axis)
+        # the compile folded class maps, then pair maps: undo in reverse, redo in order
+        for f, e, of in pairs:
+            fresh = P.apply(fresh, terms, f, self.told[of].blocks(e, inverse=True))
         fresh = transform(fresh, terms, self.classes.factor(exp, lambda n, e: self.told[n].factor(e, True)))
         fresh = transform(fresh, terms, self.classes.factor(exp, lambda n, e: self.tnew[n].factor(e)))
+        for f, e, of in pairs:
+            fresh = P.apply(fresh, terms, f, self.tnew[of].blocks(e))
         for axis, (_, p_new) in enumerate(index):
             fresh = np.take(fresh, p_new, axis=axis)
         return fresh.astype(array.dtype)
@@ -478,6 +524,13 @@ def rekey(out: str, out2: str, *, key: Key | None = None, force: bool = False) -
             entry["transform"], a = transform_record(c["name"], tnew[c["name"]], names)
             arrays.update(a)
         classes.append(entry)
+    pair_components = []
+    for c in rec.get("pairs", []):
+        label = c["label"].split("|rekey", 1)[0] + "|rekey"
+        tnew[c["name"]] = G.redraw(new_key, label, told[c["name"]])
+        meta, a = transform_record(c["name"], tnew[c["name"]], names)
+        pair_components.append({**c, "label": label, "transform": meta})
+        arrays.update(a)
     keys = Keys(cv, old, new, told, tnew)
 
     parent = os.path.dirname(os.path.abspath(out2)) or "."
@@ -507,7 +560,8 @@ def rekey(out: str, out2: str, *, key: Key | None = None, force: bool = False) -
         if os.path.exists(tok):
             _rekey_tokenizer(tok, os.path.join(root, "client", "tokenizer.json"), rec, manifest, old, new, sizes)
         write_key(new_key, os.path.join(root, "client", "key.json"))
-        _write_json(os.path.join(root, "client", RECORD), {**rec, "classes": classes})
+        _write_json(os.path.join(root, "client", RECORD), {**rec, "classes": classes,
+                                                           **({"pairs": pair_components} if pair_components else {})})
         if arrays:
             _write_arrays(os.path.join(root, "client", ARRAYS), arrays)
         from eeonnx.compiler.pipeline import _sha256

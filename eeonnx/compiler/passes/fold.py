@@ -142,7 +142,6 @@ class FoldPass(ir.passes.InPlacePass):
             factor = G.value_factor(self.comp, value) if group is not None else None
             post = None
             if has_pairs:
-                self.comp.not_rekeyable = f"'{name}' carries rotary pair rotations (not recorded for rekey)"
                 post = (lambda v, t: (lambda a: P.transform(self.comp, v, a, t)))(value, terms)
             value.const_value = permuted(tensor, index, terms, factor, prefold, post)
         self.comp.weight_bytes, self.comp.permuted_bytes = total, moved
