@@ -42,12 +42,14 @@ def _providers(provider: str) -> list[str]:
 def _transform_options(f):
     """--transforms and --allow-rounding, shared by compile and check."""
     f = click.option("--allow-rounding", is_flag=True,
-                     help="With --transforms max: also transform fp16/bf16 tensors (re-rounds their values).")(f)
+                     help="Also transform fp16/bf16 tensors continuously (re-rounds their values).")(f)
     return click.option("--transforms", "transforms_mode", type=click.Choice(["permutation", "max"]),
-                        default="permutation", show_default=True,
-                        help="max: give each secret class the largest exact group the graph allows (positive "
-                             "diagonal through ReLU-like ops, any invertible map through linear ones), not "
-                             "only a permutation.")(f)
+                        default="max", show_default=True,
+                        help="max (the default): give each secret class the largest exact group the graph "
+                             "allows (positive diagonal through ReLU-like ops, orthogonal maps on residual "
+                             "streams, per-head and rotary-pair maps in attention, any invertible map through "
+                             "linear ones), folded in float64 and cast once; permutation: permutations only "
+                             "(the same values, moved; bit-exact, what fp16/int weights get anyway).")(f)
 
 
 class _Group(click.Group):
@@ -162,7 +164,7 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
     \b
     Example:
       eeonnx compile models/cnn.onnx -o out/cnn
-      eeonnx compile models/mlp.onnx -o out/mlp --transforms max
+      eeonnx compile models/mlp.onnx -o out/mlp --transforms permutation   # permutations only
       eeonnx compile models/cnn.onnx -o out/cnn --max-leak 0.15   # cut placed by measured leakage
     writes
       out/cnn/server/model.onnx      ship this to the untrusted server
@@ -219,12 +221,13 @@ def check(model, as_json, spec, dims, transforms_mode, allow_rounding):
     identity, and why) or unsupported. --spec prints the PermutationSpec:
     initializer -> layout per axis, where P is public, cN[n] a secret class of
     size n, kron(...) a merged axis and cat(...) blocks side by side; then
-    the group of every class (with --transforms max: the largest exact one).
+    the group of every class (the largest exact one; --transforms permutation:
+    permutations only).
 
     \b
     Example:
       eeonnx check models/cnn.onnx --spec
-      eeonnx check models/mlp.onnx --spec --transforms max
+      eeonnx check models/mlp.onnx --spec --transforms permutation
     Exit code 2 when some op is not supported.
     """
     from eeonnx.compiler import report

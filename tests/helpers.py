@@ -8,11 +8,18 @@ inputs, and asserts
 
 - decoded outputs equal the original's (relative to the output's largest value),
 - no server input is a plain float input, no server output is a plain output,
-- without a split: encode/decode only permute (positions, or the values of token ids);
+- without a split: encode/decode only apply the classes' group elements: a permutation
+  (positions, or the values of token ids) is checked as "the same values, moved"; a class
+  above the permutations (diagonal, linear, orthogonal, per-head: ``--transforms max``) as
+  "x times its recorded element on plain indices, then permuted" (decode: the inverse),
+  to 1e-5 of the largest value, the element first checked to lie in its group
+  (:class:`GroupTruth`, :func:`assert_in_group`);
   with a split: every content tensor on the wire has the requested key bits,
 - at least one server initializer differs byte-wise from the original, and every
   server initializer that stands for an original one (the manifest's ``server_names``)
-  holds the same values (permuted),
+  holds the same values (permuted) or, under a continuous class, gives the original back
+  (to 1e-5 of its largest value) when its permutations and recorded group elements are
+  undone (a norm gain moved into its consumers is applied to the original first),
 - the server graph is the normalized model's graph (same nodes, op types, attributes),
   less the nodes a split moved to the client,
 - the artifact contract: encode inputs are the model's inputs, decode outputs its
@@ -304,9 +311,11 @@ class GroupTruth:
     (:func:`assert_in_group`)."""
 
     def __init__(self, out):
-        from eeonnx.compiler.rekey import ClassVars, load_record, load_transforms
+        from eeonnx.compiler.rekey import ClassVars, load_transforms
 
-        self.record = load_record(str(out))
+        # the record as written (not rekey's refusals: a packed weight makes an artifact
+        # not re-keyable, but its record still states every class)
+        self.record = json.loads((Path(out) / "client" / "rekey.json").read_text(encoding="utf-8"))
         self.sizes = {c["name"]: int(c["size"]) for c in self.record["classes"]}
         self.perms = {c["name"]: np.asarray(c["perm"], dtype=np.int64) for c in self.record["classes"]}
         self.groups = {c["name"]: c["group"] for c in self.record["classes"]}
@@ -605,29 +614,57 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
             assert not (s.shape == d.shape and np.array_equal(s, d)), \
                 f"server output '{s_name}' is the plain output '{name}'"
     if not split:
-        for vi in orig_in:  # encode only permutes (positions, or the values of ids)
+        truth = GroupTruth(out)
+        enc_index = {c.name: i for i, c in enumerate(comp.inputs)}
+        dec_index = {c.name: i for i, c in enumerate(comp.outputs)}
+        for vi in orig_in:  # encode only applies its classes' group elements (positions, or ids' values)
             c = crossing_in[vi.name]
             x, e = np.asarray(feeds[vi.name]), encoded[c["wire_name"]]
             assert e.shape == x.shape and e.dtype == x.dtype
+            maps = _boundary_maps(truth, "client/encode.onnx", f"encode{enc_index[vi.name]}", x.ndim)
             if "value_layout" in c:
                 assert vi.name in lucky_in or not np.array_equal(e, x), f"ids '{vi.name}' reach the server unchanged"
                 _assert_bijection(x, e, vi.name)
-            elif np.issubdtype(x.dtype, np.floating):
+            elif np.issubdtype(x.dtype, np.floating) and not any(m is not None for m in maps):
                 assert _same_multiset(e, x), f"encode of '{vi.name}' is not a permutation of its values"
-        for name, d in decoded.items():  # decode only permutes
+            elif np.issubdtype(x.dtype, np.floating):
+                # a continuous class: x times its element on plain indices, then the permutation
+                want = np.asarray(x, dtype=np.float64)
+                for axis, m in enumerate(maps):
+                    want = apply_axis_map(want, axis, m)
+                for axis, p in enumerate(comp.inputs[enc_index[vi.name]].index):
+                    if p is not None:
+                        want = np.take(want, p, axis=axis)
+                assert_close(e.astype(np.float64), want, 1e-5, what=f"encode of '{vi.name}' (group element)")
+        for name, d in decoded.items():  # decode only undoes its classes' group elements
             c = crossing_out[name]
             s = served[c["wire_name"]]
+            maps = _boundary_maps(truth, "client/decode.onnx", f"decode{dec_index[name]}", np.ndim(s), True)
             if "value_layout" in c:
                 _assert_bijection(s, d, name)
-            else:
+            elif not any(m is not None for m in maps):
                 assert _same_multiset(s, d), f"decode of '{name}' is not a permutation of its values"
+            else:
+                want = np.asarray(s, dtype=np.float64)
+                for axis, p in enumerate(comp.outputs[dec_index[name]].index):
+                    if p is not None:
+                        want = np.take(want, np.argsort(p), axis=axis)
+                for axis, m in enumerate(maps):
+                    want = apply_axis_map(want, axis, m, inverse=True)
+                assert_close(d.astype(np.float64), want, 1e-5, what=f"decode of '{name}' (group element)")
     else:
         summary = manifest["split"]
         for wire, bits in summary["wire_bits"].items():
             if wire not in allow_clear:
                 assert bits >= summary["min_key_bits"] - 1e-6, (wire, bits, summary)
 
-    # -- the weights are permuted, only permuted --------------------------------
+    # -- the weights are the original ones under the classes' group elements, nothing else --
+    # permutation classes: the same values, moved (the sorted values are equal); a tensor
+    # under a continuous class (or a moved norm gain): un-permuting and undoing each
+    # class's recorded element (GroupTruth: the record, read back) gives the original
+    # (the gain moved, rules/norm_groups) to float rounding
+    truth = GroupTruth(out)
+    prefold = {v.name: ops for v, ops in (getattr(comp, "prefold", {}) or {}).items()}
     orig_t = original_tensors(model)
     changed, matched = [], 0
     for name, s in server_weights(out).items():  # initializers and Constant values, by original name
@@ -636,9 +673,17 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
         matched += 1
         o = orig_t[name]
         assert s.shape == o.shape and s.dtype == o.dtype, f"initializer '{name}' changed shape/dtype"
-        # packed 4-bit weights (MatMulNBits) are repacked: the same nibbles, moved
-        assert _same_multiset(s, o) or (s.dtype == np.uint8 and _same_multiset(_nibbles(s), _nibbles(o))), \
-            f"initializer '{name}' holds other values than the original"
+        entry = truth.entry("server/model.onnx", server_name(out, name))  # the record: server names
+        if truth.continuous(entry) or (entry and name in prefold):
+            from eeonnx.compiler.rules.norm_groups import apply_prefold
+
+            want = o.astype(np.float64)
+            want = apply_prefold(want, prefold[name]) if name in prefold else want
+            assert_close(truth.plain(s, entry), want, 1e-5, what=f"initializer '{name}' (group element undone)")
+        else:
+            # packed 4-bit weights (MatMulNBits) are repacked: the same nibbles, moved
+            assert _same_multiset(s, o) or (s.dtype == np.uint8 and _same_multiset(_nibbles(s), _nibbles(o))), \
+                f"initializer '{name}' holds other values than the original"
         if s.tobytes() != o.tobytes():
             changed.append(name)
     assert changed or (split and not matched) or all_drawn_identity(comp), \
@@ -670,6 +715,17 @@ def roundtrip(model: onnx.ModelProto, tmp_path, feeds=None, dims=None, *, rtol: 
     if full:
         return Roundtrip(comp, out, feeds, ref, encoded, served, decoded, manifest)
     return comp
+
+
+def _boundary_maps(truth: GroupTruth, rel: str, tag: str, rank: int, inverse: bool = False) -> list:
+    """Per axis of a crossing (encode ``tag`` = encode{i}, decode{i}): None, or the map its
+    classes' elements give on plain indices, computed from the record's terms and exponents
+    (what encode multiplies by before its gathers; decode's inverse after them)."""
+    out = []
+    for axis in range(rank):
+        entry = truth.entry(rel, f"{tag}_map_axis{axis}")
+        out.append(None if entry is None else truth.axis_map(entry["map"], entry.get("exp", {})))
+    return out
 
 
 def same_artifact_file(a, b, rel: str) -> bool:

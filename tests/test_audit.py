@@ -28,7 +28,16 @@ CNN = f"{FIXTURES}/../cnn.onnx"
 
 @pytest.fixture(scope="module")
 def bert_out(tmp_path_factory):
+    """BERT with permutations only: the artifact the exact attacks must break."""
     out = tmp_path_factory.mktemp("audit") / "bert"
+    eeonnx.compile(BERT, str(out), tokenizer=BERT_TOK, transforms="permutation")
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def bert_max(tmp_path_factory):
+    """BERT with the default transforms (max): classes above the permutations."""
+    out = tmp_path_factory.mktemp("audit") / "bert_max"
     eeonnx.compile(BERT, str(out), tokenizer=BERT_TOK)
     return str(out)
 
@@ -57,6 +66,20 @@ def test_known_weights_attack_recovers_every_class_and_the_vocabulary(bert_out, 
     assert s["classes_recovered"] == 1.0
     assert s["vocabulary"] == 1.0 and s["vocabulary_size"] == 320
     assert s["weights_rebuilt"] == 1.0
+
+
+def test_known_weights_attack_recovers_no_continuous_class(bert_max, tmp_path):
+    """Server + the public original weights against the default transforms: sorted-slice
+    matching recovers no class whose weights carry a continuous transform (their values
+    changed), while permutation-only classes still fall (this is why they are not enough)."""
+    view = ServerView(_server_only(bert_max, tmp_path))
+    rec = known_weights.attack(view.float_weights(), load_weights(BERT))
+    truth = GroundTruth(bert_max)
+    s = score_alignment(rec, truth, view.weights)
+    groups = {c["name"]: c["group"] for c in truth.record["classes"]}
+    continuous = [c for c in s["classes"] if groups.get(c, "permutation") != "permutation"]
+    assert continuous, groups
+    assert all(s["classes"][c] == 0.0 for c in continuous), {c: s["classes"][c] for c in continuous}
 
 
 def test_score_counts_a_wrong_recovery_as_wrong(bert_out):
@@ -153,7 +176,7 @@ def test_structure_finds_a_monotone_constant_and_sorting_recovers_its_key(tmp_pa
 
 def test_linkability_of_two_keys_of_one_model(tmp_path, bert_out):
     other = tmp_path / "other"
-    eeonnx.compile(BERT, str(other))
+    eeonnx.compile(BERT, str(other), transforms="permutation")
     link = structure.linkability(ServerView(bert_out), ServerView(other))
     assert link["matched"] > 0.9
 
@@ -173,7 +196,7 @@ def test_finetune_alignment_recovers_a_noisy_fine_tune(tmp_path):
                                                t.name))
     onnx.save(m, tmp_path / "private.onnx")
     out = tmp_path / "out"
-    eeonnx.compile(str(tmp_path / "private.onnx"), str(out))
+    eeonnx.compile(str(tmp_path / "private.onnx"), str(out), transforms="permutation")
     view = ServerView(_server_only(str(out), tmp_path))
     exact = known_weights.attack(view.float_weights(), load_weights(BERT))
     assert len(exact["unmatched"]) > 30  # the values changed: exact matching finds nothing

@@ -273,8 +273,15 @@ def test_linear_hidden_units_get_linear(tmp_path):
     _check_artifact(path, tmp_path / "out", comp, random_feeds(m))
 
 
-def test_default_is_permutation_only(tmp_path):
-    comp = eeonnx.compile(ROOT / "models" / "mlp.onnx", tmp_path / "out")
+def test_default_is_max(tmp_path):
+    comp = eeonnx.compile(ROOT / "models" / "mlp.onnx", tmp_path / "out", split="none", min_key_bits=0,
+                          allow_clear=("probs",), allow_weak=("probs",))
+    assert {"diagonal", "linear"} <= {c.group for c in comp.classes.values()}
+    assert comp.transforms and comp.exponents
+
+
+def test_permutation_mode_is_permutation_only(tmp_path):
+    comp = eeonnx.compile(ROOT / "models" / "mlp.onnx", tmp_path / "out", transforms="permutation")
     assert {c.group for c in comp.classes.values()} == {"permutation"}
     assert comp.transforms == {} and comp.exponents == {}
     enc = onnx.load(tmp_path / "out" / "client" / "encode.onnx")
@@ -282,10 +289,12 @@ def test_default_is_permutation_only(tmp_path):
 
 
 def test_check_spec_shows_groups():
-    r = CliRunner().invoke(cli_main, ["check", str(ROOT / "models" / "mlp.onnx"), "--spec", "--transforms", "max"])
-    assert r.exit_code == 0, r.output
-    assert "class groups:" in r.output and ": diagonal" in r.output
-    r = CliRunner().invoke(cli_main, ["check", str(ROOT / "models" / "mlp.onnx"), "--spec"])
+    for args in (["--transforms", "max"], []):  # max is the default
+        r = CliRunner().invoke(cli_main, ["check", str(ROOT / "models" / "mlp.onnx"), "--spec"] + args)
+        assert r.exit_code == 0, r.output
+        assert "class groups:" in r.output and ": diagonal" in r.output
+    r = CliRunner().invoke(cli_main, ["check", str(ROOT / "models" / "mlp.onnx"), "--spec",
+                                      "--transforms", "permutation"])
     assert ": diagonal" not in r.output and ": permutation" in r.output
 
 

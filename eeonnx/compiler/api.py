@@ -8,7 +8,7 @@ from eeonnx.compiler import pipeline
 
 def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow_clear=(),
             split="auto", min_key_bits=128.0, split_at=(), allow_weak=(), tokenizer=None,
-            server_state=True, quiet=True, transforms="permutation", allow_rounding=False,
+            server_state=True, quiet=True, transforms="max", allow_rounding=False,
             max_leak=None, images=None, text=(), keep_names=False) -> pipeline.Compilation:
     """Compile ``model`` (path or ModelProto) into the artifact directory ``out``.
 
@@ -23,11 +23,13 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
     ``server_state=False`` treats past/present (KV cache) tensors as ordinary
     inputs/outputs that go through encode/decode (the client holds the cache).
     ``quiet=False`` shows progress while large weights are written.
-    ``transforms="max"`` gives each secret class the largest exact group the
-    graph allows (positive diagonal through ReLU-like ops, any invertible map
-    through linear ones; see eeonnx.compiler.groups) instead of permutations
-    only; classes on fp16/bf16/int tensors stay permutations unless
-    ``allow_rounding``.
+    ``transforms="max"`` (the default) gives each secret class the largest exact
+    group the graph allows (positive diagonal through ReLU-like ops, orthogonal
+    maps on residual streams, per-head and rotary-pair maps in attention, any
+    invertible map through linear ones; see eeonnx.compiler.groups), folded in
+    float64 and cast once; ``transforms="permutation"`` keeps permutations only
+    (bit-exact values, moved). Classes on fp16/bf16/int tensors stay
+    permutations unless ``allow_rounding``.
     ``max_leak``: put the client split at the cheapest cut whose measured leakage (see
     ``eeonnx plan``; image correlation or token match above chance) is at most this, measured
     on ``images`` (a folder) / ``text`` (files, with ``tokenizer``) or bundled samples; refused
@@ -45,7 +47,7 @@ def compile(model, out, *, key=None, dims=None, strict=False, force=False, allow
                                   max_leak=max_leak, images=images, text=text, keep_names=keep_names)
 
 
-def check(model, *, dims=None, transforms="permutation", allow_rounding=False) -> pipeline.Compilation:
+def check(model, *, dims=None, transforms="max", allow_rounding=False) -> pipeline.Compilation:
     """Analyse ``model`` without writing anything (``.spec()``, ``.pins()``, ``.unsupported``,
     ``.classes[uid].group``)."""
     return pipeline.analyze(model, dims=dims, transforms_mode=transforms, allow_rounding=allow_rounding)

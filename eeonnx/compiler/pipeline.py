@@ -262,7 +262,7 @@ def _uses_external_data(model: ir.Model) -> bool:
 
 
 def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_state=True,
-            transforms_mode: str = "permutation", allow_rounding: bool = False) -> Compilation:
+            transforms_mode: str = "max", allow_rounding: bool = False) -> Compilation:
     """Load, normalize, check and solve layouts; derive permutations and (with
     ``transforms_mode="max"``) each class's largest exact group. Writes nothing."""
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<memory>"
@@ -288,7 +288,7 @@ def analyze(model, *, key: Key | None = None, dims=None, allow_clear=(), server_
 
 def compile_model(model, out: str, *, key=None, dims=None, strict=False, force=False,
                   allow_clear=(), split_mode="auto", min_key_bits=128.0, split_at=(), allow_weak=(),
-                  tokenizer=None, server_state=True, progress=False, transforms_mode="permutation",
+                  tokenizer=None, server_state=True, progress=False, transforms_mode="max",
                   allow_rounding=False, max_leak=None, images=None, text=(), keep_names=False) -> Compilation:
     """Compile ``model`` into the artifact directory ``out``; see the module docstring.
 
