@@ -360,8 +360,8 @@ class GroupTruth:
             out = np.take(out, np.argsort(self.index(term)), axis=axis)
         terms = [self.classes.term(t) for t in entry["fold"]]
         for p in entry.get("pairs", []):
-            out = P.apply(out, terms, self.classes.site(p["site"]).uid,
-                          self.transforms[p["of"]].blocks(p["e"], inverse=True))
+            tr = self.transforms[p["of"]]
+            out = P.apply(out, terms, self.classes.site(p["site"]).uid, tr.blocks(p["e"], inverse=True), tr.head)
         return transform(out, terms, self._factor(entry.get("exp", {}), True))
 
 

@@ -65,9 +65,13 @@ class PairTransform:
             m = np.stack([np.stack([c, sn], -1), np.stack([-sn, c], -1)], -2)
         return m * s[..., None, None]
 
+    class_refs = ("head",)  # eeonnx rekey: ``head`` is a class uid (recorded by class name)
+
     def redraw(self, key, label: str) -> "PairTransform":
-        """A fresh element of the same size (eeonnx rekey, ``groups.redraw``)."""
-        return draw(key, label, self.scale.size)
+        """A fresh element of the same shape (eeonnx rekey, ``groups.redraw``)."""
+        if self.head is None:
+            return draw(key, label, self.scale.shape[-1])
+        return draw(key, label, self.scale.shape[-1], self.head, self.scale.shape[0])
 
 
 def draw(key, label: str, n: int, head: int | None = None, heads: int = 0) -> PairTransform:

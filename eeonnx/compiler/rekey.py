@@ -187,7 +187,7 @@ def transform_record(name: str, tr, names: dict[int, str]) -> tuple[dict, dict[s
         v = getattr(tr, f.name)
         if f.name == "group" or f.name.startswith("_"):
             continue
-        if f.name in refs:
+        if f.name in refs and v is not None:
             meta["classes"][f.name] = names[v]
         elif isinstance(v, np.ndarray):
             meta["arrays"].append(f.name)
@@ -452,11 +452,11 @@ class Keys:
             fresh = np.take(fresh, np.argsort(p_old), axis=axis)
         # the compile folded class maps, then pair maps: undo in reverse, redo in order
         for f, e, of in pairs:
-            fresh = P.apply(fresh, terms, f, self.told[of].blocks(e, inverse=True))
+            fresh = P.apply(fresh, terms, f, self.told[of].blocks(e, inverse=True), self.told[of].head)
         fresh = transform(fresh, terms, self.classes.factor(exp, lambda n, e: self.told[n].factor(e, True)))
         fresh = transform(fresh, terms, self.classes.factor(exp, lambda n, e: self.tnew[n].factor(e)))
         for f, e, of in pairs:
-            fresh = P.apply(fresh, terms, f, self.tnew[of].blocks(e))
+            fresh = P.apply(fresh, terms, f, self.tnew[of].blocks(e), self.tnew[of].head)
         for axis, (_, p_new) in enumerate(index):
             fresh = np.take(fresh, p_new, axis=axis)
         return fresh.astype(array.dtype)
