@@ -140,3 +140,41 @@ def test_scorecard_reports_the_linear_fit_next_to_the_permutation_scores(lm):
     assert ft["verdict"] == "holds" and ft["recovered"]["classes_recovered"] == 0.0
     assert {"errors", "continuous_scored", "weights_rebuilt", "threshold"} <= set(kw["recovered"])
     assert "known_weights_linear" in to_text(r) and "continuous classes" in to_text(r)
+
+
+def test_gram_fit_sees_through_a_permuted_other_axis():
+    """S = c Q R P (Q orthogonal, P a permutation of the columns): fit_gram recovers c Q
+    without knowing P; for an unrelated R it gives nothing or a wrong map."""
+    r = np.random.default_rng(3)
+    n, cols = 16, 40
+    ref = r.standard_normal((n, cols))
+    q, _ = np.linalg.qr(r.standard_normal((n, n)))
+    s = 1.7 * q @ ref[:, r.permutation(cols)]
+    m, _ = linear_fit.fit_gram(s, ref)
+    assert np.linalg.norm(m - 1.7 * q) / np.linalg.norm(1.7 * q) < 1e-6
+    other = linear_fit.fit_gram(s, r.standard_normal((n, cols)))
+    assert other is None or np.linalg.norm(other[0] - 1.7 * q) / np.linalg.norm(1.7 * q) > 0.5
+
+
+def test_scaled_permutations_on_both_axes_are_recovered_and_calibrated_by_a_bias():
+    """S = (D_a P_a) R (D_b P_b)^T with signed scales on both axes: the centred log-abs
+    fit finds both maps up to one scalar, and a bias carrying the class at exponent -1
+    (v = D_a^-1 P_a w) fixes it; with an unrelated reference nothing is found."""
+    r = np.random.default_rng(5)
+    na, nb = 12, 20
+    ref = r.standard_normal((na, nb))
+    pa, pb = r.permutation(na), r.permutation(nb)
+    da = np.exp(r.uniform(-1, 1, na)) * r.choice([-1, 1], na)
+    db = np.exp(r.uniform(-1, 1, nb))
+    ta = np.zeros((na, na))
+    ta[np.arange(na), pa] = da  # slices along axis 0: server_0 = ta @ ref_0
+    tb = np.zeros((nb, nb))
+    tb[np.arange(nb), pb] = db
+    s = ta @ ref @ tb.T
+    maps, res = linear_fit.fit_scaled_permutations(s, ref)
+    assert res < 1e-8
+    w = r.standard_normal(na)
+    assert linear_fit._calibrate(maps, [(w[pa] / da, w)])
+    assert np.linalg.norm(maps[0] - ta) / np.linalg.norm(ta) < 1e-8
+    assert np.linalg.norm(maps[1] - tb) / np.linalg.norm(tb) < 1e-8
+    assert linear_fit.fit_scaled_permutations(s, r.standard_normal((na, nb))) is None
