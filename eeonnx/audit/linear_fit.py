@@ -29,6 +29,11 @@ is how a map recovered on one tensor (a positional table, whose other axis
 is public) decrypts the same class on every tensor that carries it, without
 reading the graph (the pool is matched by axis length, not by linkage).
 
+When the rows are too few for one dense least-squares fit and Procrustes does
+not fit, a block fit: per-head maps are block permutations with dense blocks,
+each server block is fitted to each reference block by least squares and
+blocks are assigned by residual (block sizes tried: the divisors of n).
+
 When neither fits for a 2-D weight (its other axis is an unknown permutation,
 e.g. a head order), a Gram-matrix fit: ``S S^T = M R R^T M^T`` does not see a
 permutation (or any orthogonal map) of the other axis, so a scaled
@@ -67,6 +72,7 @@ MAX_N = 2048          # longest axis fitted (an n x n map)
 PAIR_LIMIT = 16       # reference candidates per server tensor
 ACCEPT = 0.35         # relative residual below which the attacker takes a fit
 ROUNDS = 6
+EARLY = 0.05          # a fit this close ends the search over candidates for the axis
 
 
 def _slices(a: np.ndarray, axis: int) -> np.ndarray:
@@ -84,21 +90,66 @@ def _rel(s, m, r) -> float:
 
 def fit_axis(s0: np.ndarray, r0: np.ndarray):
     """Best map M with s0 ~ M @ r0 (n x rows each): (M, residual, method), or None
-    when neither fit is clearly better than a random reference would give."""
+    when no fit is clearly better than a random reference would give. Of the fits
+    that apply (Procrustes, then the block fit, then dense least squares: fewer
+    parameters first), the first whose residual is within 1.5x of the best wins."""
     n, rows = s0.shape
-    if rows < n or not np.isfinite(s0).all() or not np.isfinite(r0).all():
+    if not np.isfinite(s0).all() or not np.isfinite(r0).all():
         return None
-    u, sv, vt = np.linalg.svd(s0 @ r0.T)
-    q = u @ vt
-    c = float(sv.sum() / max((r0 * r0).sum(), 1e-30))  # the scale of c Q
-    best = (c * q, _rel(s0, c * q, r0), "procrustes")
+    fits = []
+    if rows >= n:
+        u, sv, vt = np.linalg.svd(s0 @ r0.T)
+        q = u @ vt
+        c = float(sv.sum() / max((r0 * r0).sum(), 1e-30))  # the scale of c Q
+        fits.append((c * q, _rel(s0, c * q, r0), "procrustes"))
+    if not fits or fits[0][1] > 1e-6:
+        blocks = fit_blocks(s0, r0)
+        if blocks is not None:
+            fits.append(blocks)
     if rows >= n + max(4, n // 4):
         m = np.linalg.lstsq(r0.T, s0.T, rcond=None)[0].T
         r = _rel(s0, m, r0)
-        null = np.sqrt(1.0 - n / rows)
-        if r < 0.5 * null and r < 0.5 * best[1]:
-            best = (m, r, "lstsq")
-    return best if best[1] < ACCEPT else None
+        if r < 0.5 * np.sqrt(1.0 - n / rows):  # clearly below a random reference's residual
+            fits.append((m, r, "lstsq"))
+    fits = [f for f in fits if f[1] < ACCEPT]
+    if not fits:
+        return None
+    floor = min(f[1] for f in fits)
+    return next(f for f in fits if f[1] <= 1.5 * floor + 1e-9)
+
+
+def fit_blocks(s0: np.ndarray, r0: np.ndarray):
+    """A block-permutation map with dense blocks (per-head linear maps: head h of the
+    server is A_h times head pi(h) of the reference) for an axis too long for one
+    dense least-squares fit: for each block size b >= 2 dividing n (2 <= n / b <= 64, rows >=
+    b + max(2, b // 4)), every server block is fitted by least squares to every
+    reference block, blocks are assigned by residual, and the smallest block size
+    whose residual is within 1.5x of the best wins. (M, residual, "blocks") or None."""
+    from scipy.optimize import linear_sum_assignment
+
+    n, rows = s0.shape
+    best = []
+    for b in range(2, n // 2 + 1):
+        if n % b or rows < b + max(2, b // 4) or (n // b) > 64:
+            continue
+        h = n // b
+        sb, rb = s0.reshape(h, b, rows), r0.reshape(h, b, rows)
+        basis = np.linalg.qr(np.swapaxes(rb, 1, 2))[0]              # h x rows x b: each block's row space
+        coef = np.matmul(sb[:, None], basis[None])                  # h x h x b x b
+        cost = (sb * sb).sum((1, 2))[:, None] - (coef * coef).sum((2, 3))  # least-squares residual^2
+        pi = linear_sum_assignment(cost)[1]
+        fits = np.matmul(sb, np.linalg.pinv(rb[pi]))
+        m = np.zeros((n, n))
+        for i, j in enumerate(pi):
+            m[i * b:(i + 1) * b, j * b:(j + 1) * b] = fits[i]
+        best.append((b, m, _rel(s0, m, r0)))
+        if best[-1][2] < EARLY:
+            break  # the smallest block size that fits: larger ones only add parameters
+    if not best:
+        return None
+    floor = min(r for _, _, r in best)
+    b, m, r = next(x for x in best if x[2] <= 1.5 * floor + 1e-9)
+    return (m, r, "blocks") if r < ACCEPT else None
 
 
 def fit_gram(s0: np.ndarray, r0: np.ndarray):
@@ -312,6 +363,10 @@ def attack(server_weights: dict, reference_weights: dict, budget: float | None =
                         fit = fit_axis(s0, _slices(rr, k))
                         if fit is not None and (best is None or fit[1] < best[1][1]):
                             best = (src, fit, j, m)
+                            if fit[1] < EARLY:
+                                break
+                    if best is not None and best[1][1] < EARLY:
+                        break
                     if deadline is not None and time.monotonic() > deadline:
                         break
                 gram = best is None and s.ndim == 2
