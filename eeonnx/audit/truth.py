@@ -71,8 +71,9 @@ class GroundTruth:
     def axis_map(self, name: str, axis: int):
         """The true map T of a server initializer's axis, in the linear-fit attack's
         convention (slices along the axis: ``server_k = T @ plain_k``): the class's
-        recorded transform at the tensor's exponent (``client/rekey.npz``), rows taken
-        by the permutation; the identity for a public axis. None when the record
+        recorded transform at the tensor's exponent (``client/rekey.npz``), then the
+        rotary pair maps whose site is on the axis, rows taken by the permutation; the
+        identity for a public axis. None when the record
         cannot give it per axis (a map spanning axes, or a transform it lacks)."""
         entry = self.terms.get(name)
         if entry is None or "fold" not in entry or axis >= len(entry["fold"]):
@@ -91,15 +92,29 @@ class GroundTruth:
             m = G.term_map(cv.term(term), cv.factor(exp, lambda n, e: tr[n].factor(e)))
         except Exception:  # noqa: BLE001 - a per-head map whose head is on another axis
             return None
+        n = len(p)
         if m is None:
-            t = np.eye(len(p))
+            m = np.eye(n)
         elif m.ndim == 1:
-            t = np.diag(m)
-        elif m.ndim == 2:
-            t = m.T
-        else:
+            m = np.diag(m)
+        elif m.ndim != 2:
             return None
-        return t[p]
+        # rotary pair maps (folded after the class maps) whose site is on this axis
+        for pr in entry.get("pairs", []):
+            if pr["site"] not in _names(term):
+                continue
+            if pr["of"] not in tr:
+                return None
+            from eeonnx.compiler import layout as L
+            from eeonnx.compiler import pairs as P
+
+            try:
+                f = cv.site(pr["site"], _site_size(term, pr["site"])).uid
+                m = m @ P.apply(np.eye(n), [L.Public(n), cv.term(term)], f, tr[pr["of"]].blocks(pr["e"]),
+                                tr[pr["of"]].head)
+            except Exception:  # noqa: BLE001 - a pair map this axis alone does not hold
+                return None
+        return m.T[p]
 
     def continuous(self) -> list[str]:
         """Classes whose group is above the permutations."""
@@ -128,6 +143,24 @@ class GroundTruth:
 
     def secret_classes(self) -> list[str]:
         return list(self.classes)
+
+
+def _names(term) -> set[str]:
+    """Class names and pair-site names in a JSON term."""
+    out = {term[k] for k in ("c", "site") if k in term}
+    for part in term.get("cat", []) + term.get("kron", []):
+        out |= _names(part)
+    return out
+
+
+def _site_size(term, name):
+    if term.get("site") == name or term.get("c") == name:
+        return term.get("p")
+    for part in term.get("cat", []) + term.get("kron", []):
+        got = _site_size(part, name)
+        if got is not None:
+            return got
+    return None
 
 
 def _classes(term) -> list[str]:
