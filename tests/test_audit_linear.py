@@ -178,3 +178,28 @@ def test_scaled_permutations_on_both_axes_are_recovered_and_calibrated_by_a_bias
     assert np.linalg.norm(maps[0] - ta) / np.linalg.norm(ta) < 1e-8
     assert np.linalg.norm(maps[1] - tb) / np.linalg.norm(tb) < 1e-8
     assert linear_fit.fit_scaled_permutations(s, r.standard_normal((na, nb))) is None
+
+
+def test_truth_axis_maps_send_the_original_onto_the_server_weights(tmp_path):
+    """The scorer's true maps (class transforms, rotary pair maps, permutations) are the
+    compile's: applied to each original weight they give the server's, rotary q/k too."""
+    llama = __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "models", "fixtures",
+                                       "llama_kv.ts.onnx")
+    out = tmp_path / "llama"
+    eeonnx.compile(llama, str(out), transforms="max")
+    truth = GroundTruth(str(out))
+    server = ServerView(str(out)).weights
+    original = load_weights(llama)
+    checked = with_pairs = 0
+    for orig, name in truth.manifest["server_names"].items():
+        entry = truth.terms.get(name)
+        if entry is None or name not in server or server[name].ndim != 2 or orig not in original:
+            continue
+        maps = [truth.axis_map(name, k) for k in range(2)]
+        assert all(m is not None for m in maps), name
+        got = linear_fit._apply(linear_fit._apply(original[orig].astype(np.float64), 0, maps[0]), 1, maps[1])
+        s = server[name].astype(np.float64)
+        assert np.linalg.norm(got - s) / np.linalg.norm(s) < 1e-5, (orig, name)
+        checked += 1
+        with_pairs += bool(entry.get("pairs"))
+    assert checked >= 10 and with_pairs >= 2
