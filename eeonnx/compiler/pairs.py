@@ -42,6 +42,7 @@ import onnx_ir as ir
 
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
+from eeonnx.compiler.node_access import NodeAccess
 
 PAIRS = G.Group("pair rotation-scale", 2, (G.PERMUTATION,))  # inside LINEAR on its axis (for reports)
 
@@ -241,7 +242,7 @@ class PairSolver:
         return node is not None and pair_rules.symmetric_output(self, node, value, f)
 
 
-class PairView:
+class PairView(NodeAccess):
     """What a pair statement sees of one node."""
 
     def __init__(self, solver: PairSolver, node: ir.Node):
@@ -249,18 +250,6 @@ class PairView:
         self.covered: set = set()
         self.passive: set[int] = set()
         self._ops: dict = {}
-
-    @property
-    def n_in(self) -> int:
-        return len(self.node.inputs)
-
-    @property
-    def n_out(self) -> int:
-        return len(self.node.outputs)
-
-    def attr(self, name, default=None):
-        a = self.node.attributes.get(name)
-        return default if a is None else a.value
 
     def inp(self, i: int) -> PairOperand | None:
         if ("in", i) not in self._ops:

@@ -22,6 +22,7 @@ import onnx_ir as ir
 from eeonnx.compiler import groups as G
 from eeonnx.compiler import layout as L
 from eeonnx.compiler import pairs, structured
+from eeonnx.compiler.node_access import NodeAccess
 from eeonnx.compiler.rules import group_rules
 from eeonnx.compiler.rules import norm_groups  # noqa: F401  (registers the norm statements)
 
@@ -154,7 +155,7 @@ class Solver:
             self.rel.force_zero((op.key, uid))
 
 
-class GroupView:
+class GroupView(NodeAccess):
     """What a group statement sees of one node."""
 
     def __init__(self, solver: Solver, node: ir.Node):
@@ -162,18 +163,6 @@ class GroupView:
         self.covered: set = set()
         self._passive: set[int] = set()
         self._ops: dict = {}
-
-    @property
-    def n_in(self) -> int:
-        return len(self.node.inputs)
-
-    @property
-    def n_out(self) -> int:
-        return len(self.node.outputs)
-
-    def attr(self, name, default=None):
-        a = self.node.attributes.get(name)
-        return default if a is None else a.value
 
     def inp(self, i: int) -> Operand | None:
         if ("in", i) not in self._ops:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from eeonnx.compiler import layout as L
+from eeonnx.compiler.node_access import NodeAccess
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def dims_of(value: ir.Value) -> list | None:
     return out
 
 
-class NodeView:
+class NodeView(NodeAccess):
     """What a rule sees of one node: its axes as layout terms, attributes, constants."""
 
     def __init__(self, analysis, node: ir.Node, opset: int):
@@ -111,14 +112,6 @@ class NodeView:
         return i < len(self.node.outputs) and (
             self.node.outputs[i].uses() or self.node.outputs[i].is_graph_output()
         )
-
-    @property
-    def n_in(self) -> int:
-        return len(self.node.inputs)
-
-    @property
-    def n_out(self) -> int:
-        return len(self.node.outputs)
 
     def x(self, i: int) -> list[L.Term]:
         """Layout terms of input i, marking it a data input."""
@@ -180,10 +173,6 @@ class NodeView:
         if d is None:
             raise NoShape(self.node.outputs[i])
         return d
-
-    def attr(self, name: str, default=None):
-        a = self.node.attributes.get(name)
-        return default if a is None else a.value
 
     def const(self, i: int) -> np.ndarray | None:
         """Value of input i when it is a constant (initializer), else None."""
