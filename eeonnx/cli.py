@@ -48,7 +48,9 @@ def _transform_options(f):
                         help="max (the default): give each secret class the largest exact group the graph "
                              "allows (positive diagonal through ReLU-like ops, orthogonal maps on residual "
                              "streams, per-head and rotary-pair maps in attention, any invertible map through "
-                             "linear ones), folded in float64 and cast once; permutation: permutations only "
+                             "linear ones), folded in float64 and cast once. It defeats value matching, not an attacker "
+                             "holding the original weights (`eeonnx audit --original` measures both). "
+                             "permutation: permutations only "
                              "(the same values, moved; bit-exact, what fp16/int weights get anyway).")(f)
 
 
@@ -173,7 +175,7 @@ def compile_cmd(model, out, key, dims, allow_clear, split_mode, min_key_bits, sp
       out/cnn/client/key.json        the secret (mode 0600)
       out/cnn/client/manifest.json   I/O mapping, layouts, coverage
     The whole client/ directory is the secret (its files are written 0600, the
-    directory 0700): encode/decode hold the permutations, not only key.json.
+    directory 0700): encode/decode hold the secret transforms, not only key.json.
     """
     from eeonnx.compiler import report
     from eeonnx.compiler.api import compile as compile_model
