@@ -418,15 +418,7 @@ def assign_heads(comp, model: ir.Model, s: PairSolver) -> None:
         info["head"] = hc.name
         for key, maps in comp.pair_maps.items():
             comp.pair_maps[key] = [(f, e, tr if r == root else t, r) for f, e, t, r in maps]
-        htr = comp.transforms.get(h)
-        if htr is not None and htr.group not in (G.PERMUTATION, G.DIAGONAL):
-            narrow = G.DIAGONAL if G.DIAGONAL in htr.group.subgroups() else G.PERMUTATION
-            new = G.draw(comp.key, hc.label, hc.size, narrow)
-            if new is None:
-                comp.transforms.pop(h)
-            else:
-                comp.transforms[h] = new
-            hc.group, hc.why = narrow.name, "the head of a per-head pair map"
+        S.narrow_head(comp, h, "the head of a per-head pair map")
 
 
 def settle_wires(comp, model: ir.Model, wire_names) -> None:

@@ -261,17 +261,7 @@ def assign(comp, model: ir.Model) -> None:
         comp.transforms[d] = draw(comp.key, c.label, c.size, h, hc.size)
         c.group, c.why = PER_HEAD.name, f"one block per index of {hc.name}"
         heads.add(h)
-        htr = comp.transforms.get(h)
-        if htr is not None and htr.group not in (G.PERMUTATION, G.DIAGONAL):
-            # a map that mixes heads would not commute with the blocks: narrow it to a
-            # subgroup that does not (DIAGONAL inside LINEAR; else the permutation)
-            narrow = G.DIAGONAL if G.DIAGONAL in htr.group.subgroups() else G.PERMUTATION
-            tr = G.draw(comp.key, hc.label, hc.size, narrow)
-            if tr is None:
-                comp.transforms.pop(h)
-            else:
-                comp.transforms[h] = tr
-            hc.group, hc.why = narrow.name, f"the head of per-head class {c.name}"
+        narrow_head(comp, h, f"the head of per-head class {c.name}")
 
 
 def _fits(comp, model, d: int, h: int, touching, io: set[int]) -> bool:
@@ -295,6 +285,24 @@ def _fits(comp, model, d: int, h: int, touching, io: set[int]) -> bool:
             if v is not None and exps.get((v, d), 0) and h not in heads_in(comp.analysis.known(v), d):
                 return False
     return True
+
+
+def narrow_head(comp, h: int, why: str) -> None:
+    """Make head class ``h``'s own map one that commutes with maps following its index.
+
+    A map that mixes heads would not commute with per-head blocks: a group above
+    DIAGONAL is narrowed to DIAGONAL when it contains it, else to the permutation
+    (re-drawn from the class's label). Used by the per-head and the pair groups."""
+    hc, htr = comp.classes[h], comp.transforms.get(h)
+    if htr is None or htr.group in (G.PERMUTATION, G.DIAGONAL):
+        return
+    narrow = G.DIAGONAL if G.DIAGONAL in htr.group.subgroups() else G.PERMUTATION
+    tr = G.draw(comp.key, hc.label, hc.size, narrow)
+    if tr is None:
+        comp.transforms.pop(h)
+    else:
+        comp.transforms[h] = tr
+    hc.group, hc.why = narrow.name, why
 
 
 def settle_wires(comp, model: ir.Model, wire_names) -> None:
